@@ -1,0 +1,67 @@
+"""Stage 1 (align): train the connector between a frozen encoder and a frozen LLM on captions.
+
+    accelerate launch recipes/llava_stage1.py --config recipes/configs/digits_llava_stage1.yaml
+    python recipes/llava_stage1.py --config recipes/configs/digits_llava_stage1.yaml --max_steps 50
+    accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml recipes/llava_stage1.py \
+        --vision_tower openai/clip-vit-large-patch14-336 --language_model lmsys/vicuna-7b-v1.5 \
+        --data_path blip_laion_cc_sbu_558k.json --image_folder images/ --output_dir out/stage1
+
+Writes the model (encoder/, language_model/, connector.safetensors), config.yaml, metrics.json
+(eval_loss on held-out captions), train_log.jsonl, loss.png and README.md into --output_dir.
+"""
+
+from __future__ import annotations
+
+import time
+
+from vlmkit.config.parser import parse_config
+from vlmkit.config.recipes import Stage1Config
+from vlmkit.data.loading import sft_dataset
+from vlmkit.data.records import SkipCounter
+from vlmkit.data.sft_dataset import SFTCollator
+from vlmkit.eval.loss import eval_token_loss
+from vlmkit.hub.lifecycle import maybe_check_hub, maybe_push, write_vlm_card
+from vlmkit.models.build import build_vlm
+from vlmkit.training.accelerator import make_accelerator
+from vlmkit.training.freeze import set_trainable
+from vlmkit.training.loop import train
+from vlmkit.training.losses import sft_loss
+from vlmkit.training.run import finish_run, save_model, setup_run
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(Stage1Config, argv, prog="llava_stage1", description=__doc__)
+    started = time.perf_counter()
+    maybe_check_hub(cfg)
+    accelerator = make_accelerator(
+        output_dir=cfg.output_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision, report_to=cfg.report_to,
+    )  # fmt: skip
+    out = setup_run(cfg, accelerator)
+
+    model, processor = build_vlm(cfg)
+    set_trainable(model, "align")
+
+    skips = SkipCounter()
+    train_set = sft_dataset(cfg, cfg.data_path, processor, skips)
+    collate = SFTCollator(processor.tokenizer.pad_token_id)
+    result = train(cfg, accelerator, model, train_set, collate, sft_loss)
+
+    save_model(accelerator, model, processor, out)
+    metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if cfg.eval_data_path:
+            eval_set = sft_dataset(cfg, cfg.eval_data_path, processor, skips)
+            metrics["eval_loss"] = eval_token_loss(
+                unwrapped, eval_set, collate, cfg.per_device_eval_batch_size
+            )
+        metrics = finish_run(out, metrics, started=started, title="llava_stage1", skips=skips)
+        write_vlm_card(out, cfg, unwrapped, metrics, stage="stage 1 (align)")
+        maybe_push(cfg, out)
+    accelerator.end_training()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

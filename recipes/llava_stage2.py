@@ -1,0 +1,78 @@
+"""Stage 2 (instruct): train connector + LLM (full, LoRA or QLoRA) on conversations; encoder frozen.
+
+    accelerate launch recipes/llava_stage2.py --config recipes/configs/digits_llava_stage2.yaml \
+        --model_name_or_path outputs/digits/stage1
+    python recipes/llava_stage2.py --config recipes/configs/digits_llava_stage2.yaml --use_lora true
+    # from separate parts, as LLaVA users do with mm_projector.bin:
+    python recipes/llava_stage2.py --vision_tower openai/clip-vit-large-patch14-336 \
+        --language_model lmsys/vicuna-7b-v1.5 --pretrain_connector stage1/connector.safetensors \
+        --data_path llava_v1_5_mix665k.json --image_folder images/ --output_dir out/stage2
+
+Writes the model (or the LoRA adapter + connector), config.yaml, metrics.json (eval_accuracy, eval_loss),
+train_log.jsonl, loss.png and README.md into --output_dir.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from vlmkit.config.parser import parse_config
+from vlmkit.config.recipes import Stage2Config
+from vlmkit.data.loading import read_samples, sft_dataset, subsample
+from vlmkit.data.records import SkipCounter
+from vlmkit.data.sft_dataset import SFTCollator
+from vlmkit.eval.answers import answer_accuracy
+from vlmkit.eval.loss import eval_token_loss
+from vlmkit.hub.lifecycle import maybe_check_hub, maybe_push, write_vlm_card
+from vlmkit.models.build import build_vlm
+from vlmkit.training.accelerator import make_accelerator
+from vlmkit.training.freeze import set_trainable
+from vlmkit.training.loop import train
+from vlmkit.training.losses import sft_loss
+from vlmkit.training.run import finish_run, save_model, setup_run
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(Stage2Config, argv, prog="llava_stage2", description=__doc__)
+    started = time.perf_counter()
+    maybe_check_hub(cfg)
+    accelerator = make_accelerator(
+        output_dir=cfg.output_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision, report_to=cfg.report_to,
+    )  # fmt: skip
+    out = setup_run(cfg, accelerator)
+
+    model, processor = build_vlm(cfg, cfg)
+    set_trainable(model, "instruct", tune_encoder=cfg.tune_encoder)
+    lr_overrides = {"connector.": cfg.connector_learning_rate} if cfg.connector_learning_rate else None
+
+    skips = SkipCounter()
+    train_set = sft_dataset(cfg, cfg.data_path, processor, skips)
+    collate = SFTCollator(processor.tokenizer.pad_token_id)
+    result = train(cfg, accelerator, model, train_set, collate, sft_loss, lr_overrides=lr_overrides)
+
+    save_model(accelerator, model, processor, out)
+    metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if cfg.eval_data_path:
+            eval_set = sft_dataset(cfg, cfg.eval_data_path, processor, skips)
+            metrics["eval_loss"] = eval_token_loss(unwrapped, eval_set, collate, cfg.per_device_eval_batch_size)
+            if cfg.eval_generation:
+                samples = subsample(read_samples(cfg, cfg.eval_data_path), cfg.max_eval_samples, cfg.seed)
+                accuracy, examples = answer_accuracy(
+                    unwrapped, processor, samples,
+                    batch_size=cfg.per_device_eval_batch_size, max_new_tokens=cfg.max_new_tokens,
+                )  # fmt: skip
+                metrics["eval_accuracy"] = accuracy
+                (out / "eval_examples.json").write_text(json.dumps(examples[:50], indent=2))
+        metrics = finish_run(out, metrics, started=started, title="llava_stage2", skips=skips)
+        write_vlm_card(out, cfg, unwrapped, metrics, stage="stage 2 (instruct)")
+        maybe_push(cfg, out)
+    accelerator.end_training()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

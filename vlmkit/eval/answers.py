@@ -1,0 +1,104 @@
+"""Held-out answer accuracy: batched greedy generation with the KV cache, exact match after normalisation."""
+
+from __future__ import annotations
+
+import re
+import string
+
+import torch
+
+from vlmkit.data.records import Sample
+from vlmkit.data.sft_dataset import load_media_item, pad_sequences
+from vlmkit.data.tokenize import tokenize_prompt
+
+NUMBER_WORDS = {
+    w: str(i)
+    for i, w in enumerate(
+        ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    )
+}
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(text: str) -> str:
+    """Lowercase, drop punctuation and articles, map number words (zero..ten) to numerals, squeeze spaces."""
+    text = text.lower().strip()
+    text = text.translate(str.maketrans("", "", string.punctuation))
+    text = _ARTICLES.sub(" ", text)
+    words = [NUMBER_WORDS.get(w, w) for w in text.split()]
+    return " ".join(words)
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    return normalize_answer(prediction) == normalize_answer(reference)
+
+
+def prepare_prompts(samples: list[Sample], processor) -> list[tuple[list[int], str | None, list]]:
+    """(prompt ids, reference answer, decoded media) per sample."""
+    spec = processor.spec
+    out = []
+    for s in samples:
+        ids, ref = tokenize_prompt(
+            s, processor.tokenizer, modality=spec.modality, num_media_tokens=spec.num_media_tokens
+        )
+        items = s.images if spec.modality == "image" else s.audios
+        media = [
+            load_media_item(
+                m, modality=spec.modality, source=s.source, index=s.index, sampling_rate=spec.sampling_rate
+            )
+            for m in items
+        ]
+        out.append((ids, ref, media))
+    return out
+
+
+def left_padded_batch(
+    prompts: list[list[int]], pad_token_id: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask), both (B, T), left-padded for generation."""
+    seqs = [torch.tensor(p) for p in prompts]
+    ids = pad_sequences(seqs, pad_token_id, left=True)
+    mask = pad_sequences([torch.ones_like(s) for s in seqs], 0, left=True)
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def generate_answers(
+    model,
+    processor,
+    samples: list[Sample],
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 8,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> list[tuple[str, str | None]]:
+    """(generated answer, reference) for each sample; the model is put in eval mode."""
+    model.eval()
+    tok = processor.tokenizer
+    device = next(model.parameters()).device
+    results = []
+    for start in range(0, len(samples), batch_size):
+        prepared = prepare_prompts(samples[start : start + batch_size], processor)
+        ids, mask = left_padded_batch([p[0] for p in prepared], tok.pad_token_id, device)
+        media = processor.process_media([m for p in prepared for m in p[2]])
+        gen = model.generate(
+            ids, mask, media.to(device) if media is not None else None,
+            max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature if do_sample else None,
+            top_p=top_p if do_sample else None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        )  # fmt: skip
+        texts = tok.batch_decode(gen, skip_special_tokens=True)
+        results.extend((t.strip(), p[1]) for t, p in zip(texts, prepared))
+    return results
+
+
+def answer_accuracy(model, processor, samples: list[Sample], **kwargs) -> tuple[float, list[dict]]:
+    """Exact-match accuracy on samples whose last turn is the reference answer; also returns examples."""
+    pairs = generate_answers(model, processor, samples, **kwargs)
+    scored = [(pred, ref) for pred, ref in pairs if ref is not None]
+    if not scored:
+        raise ValueError("no evaluation sample has a reference answer (a final assistant turn)")
+    correct = [exact_match(p, r) for p, r in scored]
+    examples = [{"prediction": p, "reference": r, "correct": c} for (p, r), c in zip(scored, correct)]
+    return sum(correct) / len(correct), examples

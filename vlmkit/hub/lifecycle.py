@@ -1,0 +1,91 @@
+"""The Hub steps of a recipe: check access before training, write the model card, push at the end."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+from vlmkit.hub.model_card import write_model_card
+
+logger = logging.getLogger(__name__)
+
+
+def maybe_check_hub(cfg) -> None:
+    """With --push_to_hub, fail in seconds (offline, no token, unreachable) before anything trains."""
+    if not getattr(cfg, "push_to_hub", False):
+        return
+    if not cfg.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. your-name/vlmkit-digits)")
+    from vlmkit.hub.push import check_hub_access
+
+    check_hub_access(cfg.hub_model_id, endpoint=os.environ.get("HF_ENDPOINT"))
+
+
+def maybe_push(cfg, out_dir: Path) -> str | None:
+    """Upload the output directory (model card included) when --push_to_hub is set."""
+    if not getattr(cfg, "push_to_hub", False):
+        return None
+    from vlmkit.hub.push import push_to_hub
+
+    url = push_to_hub(
+        out_dir, cfg.hub_model_id, private=cfg.hub_private, endpoint=os.environ.get("HF_ENDPOINT")
+    )
+    logger.info("pushed %s to %s", out_dir, url)
+    return url
+
+
+def file_fingerprint(path: str | None) -> str | None:
+    """sha256 (first 16 hex digits) of a data file, for lineage."""
+    if not path or not Path(path).is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def data_summary(cfg) -> dict:
+    """The data a run used, with fingerprints (paths resolved as the run resolved them)."""
+    from vlmkit.data.embedded import resolve_data_path
+
+    summary = {}
+    for key in ("data_path", "eval_data_path"):
+        value = getattr(cfg, key, None)
+        if value:
+            resolved = resolve_data_path(value)
+            summary[key] = value
+            summary[f"{key}_sha256"] = file_fingerprint(resolved)
+    return summary
+
+
+USAGE = """```python
+from vlmkit.models.build import load_vlm
+from vlmkit.eval.answers import generate_answers
+
+model, processor = load_vlm("{path}")
+```
+Command line: `vlmkit generate {path} --image example.png --prompt "What digit is this?"`"""
+
+
+def write_vlm_card(out_dir: Path, cfg, model, metrics: dict, *, stage: str) -> Path:
+    """Model card for a VLM checkpoint: bases, connector, data, lineage, metrics and how to load it."""
+    config = model.config
+    lineage = list(config.lineage) + [{"stage": stage, "output_dir": str(Path(out_dir).resolve())}]
+    name = cfg.hub_model_id or Path(out_dir).name
+    return write_model_card(
+        out_dir,
+        title=f"{name} ({stage})",
+        base_encoder=config.encoder_name_or_path or "",
+        base_language_model=config.language_model_name_or_path or "",
+        connector=config.connector,
+        stage=stage,
+        parent_checkpoint=getattr(cfg, "model_name_or_path", None),
+        data=data_summary(cfg),
+        metrics=metrics,
+        lineage=lineage,
+        usage=USAGE.format(path=cfg.hub_model_id or out_dir),
+        is_adapter=model.is_peft,
+    )

@@ -1,0 +1,258 @@
+"""The training loop every recipe shares: Accelerate underneath, exact resume, NaN guards, atomic checkpoints.
+
+Losses are normalised by the number of items (e.g. supervised tokens) in the whole optimizer step across
+micro-batches and processes, so batch 8 x accumulation 1 and batch 1 x accumulation 8 give the same update.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from vlmkit.training import checkpoint as ckpt
+from vlmkit.training.optim import build_optimizer, param_groups
+from vlmkit.training.reporting import LOG_FILE, JsonlLog
+
+logger = logging.getLogger(__name__)
+
+# compute_loss(model, batch) -> (sum of per-item losses, dict of extra scalars to log)
+LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
+CountFn = Callable[[dict], int]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive optimizer steps with a non-finite loss or gradient."""
+
+
+class EpochSampler(Sampler[int]):
+    """A fresh permutation per epoch from (seed, epoch); `resume_at` starts mid-epoch exactly."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.start = epoch, 0
+
+    def resume_at(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        return iter(order[self.start :])
+
+    def __len__(self) -> int:
+        return self.n - self.start
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    bad_steps: int = 0
+    history: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+def count_supervised_tokens(batch: dict) -> int:
+    """Items for a causal-LM batch: labels that are not -100 after the one-token shift."""
+    if batch.get("empty"):
+        return 0
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def _zero_touch(model: torch.nn.Module) -> torch.Tensor:
+    return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+
+
+def train(
+    cfg,
+    accelerator,
+    model: torch.nn.Module,
+    dataset: Dataset,
+    collate_fn: Callable,
+    compute_loss: LossFn,
+    count_items: CountFn = count_supervised_tokens,
+    *,
+    lr_overrides: dict[str, float] | None = None,
+    extra_state: dict | None = None,
+    sampler: Sampler | None = None,
+) -> TrainResult:
+    """Train `model` on `dataset`; returns the prepared model via `accelerator` state and a TrainResult.
+
+    `cfg` carries RunArgs + OptimArgs fields. `extra_state` objects with state_dict()/load_state_dict()
+    are checkpointed too (e.g. a KL controller).
+    """
+    output_dir = Path(cfg.output_dir)
+    gas = cfg.gradient_accumulation_steps
+    sampler = sampler or EpochSampler(len(dataset), cfg.seed)
+    loader = DataLoader(
+        dataset, batch_size=cfg.per_device_train_batch_size, sampler=sampler, collate_fn=collate_fn,
+        drop_last=True, num_workers=cfg.dataloader_num_workers,
+    )  # fmt: skip
+    per_rank_batches = len(loader) // accelerator.num_processes
+    if per_rank_batches == 0:
+        raise ValueError(
+            f"{len(dataset)} training samples are fewer than one batch of {cfg.per_device_train_batch_size} "
+            f"x {accelerator.num_processes} processes"
+        )
+    if cfg.max_steps > 0:
+        total_steps = cfg.max_steps
+    else:
+        total_steps = max(1, math.ceil(cfg.num_train_epochs * per_rank_batches / gas))
+    groups = param_groups(model, cfg.learning_rate, cfg.weight_decay, lr_overrides)
+    optimizer, scheduler = build_optimizer(
+        groups, cfg.learning_rate, cfg.lr_scheduler_type, int(cfg.warmup_ratio * total_steps), total_steps
+    )
+    if getattr(cfg, "gradient_checkpointing", False):
+        lm = getattr(model, "language_model", model)
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    accelerator.register_for_checkpointing(scheduler)
+    for obj in (extra_state or {}).values():
+        accelerator.register_for_checkpointing(obj)
+
+    resume_dir = ckpt.resolve_resume(output_dir, cfg.resume_from_checkpoint)
+    start_step = 0
+    if resume_dir is not None:
+        accelerator.load_state(str(resume_dir))
+        start_step = ckpt.read_checkpoint_state(resume_dir)["step"]
+        logger.info("resumed from %s at step %d", resume_dir, start_step)
+    log = None
+    if accelerator.is_main_process:
+        log = JsonlLog(output_dir / LOG_FILE, resume_step=start_step if resume_dir else None)
+
+    def micro_batches() -> Iterator[dict]:
+        epoch, skip = divmod(start_step * gas, per_rank_batches)
+        sampler_obj = sampler
+        while True:
+            loader.set_epoch(epoch)
+            sampler_obj.resume_at(epoch, skip * cfg.per_device_train_batch_size * accelerator.num_processes)
+            yield from loader
+            epoch, skip = epoch + 1, 0
+
+    from tqdm.auto import tqdm
+
+    progress = tqdm(
+        total=total_steps, initial=start_step, disable=not accelerator.is_local_main_process,
+        desc=Path(cfg.output_dir).name, dynamic_ncols=True,
+    )  # fmt: skip
+    result = TrainResult(global_step=start_step)
+    stream = micro_batches()
+    consecutive_bad = 0
+    t0 = time.perf_counter()
+    model.train()
+    for step in range(start_step, total_steps):
+        window = [next(stream) for _ in range(gas)]
+        local_items = sum(count_items(b) for b in window)
+        total_items = accelerator.reduce(
+            torch.tensor(float(local_items), device=accelerator.device), "sum"
+        ).item()
+        if total_items == 0:
+            raise ValueError(
+                f"step {step + 1}: zero supervised items in the whole batch (every label is masked); "
+                "check the data and the chat template"
+            )
+        scale = gas * accelerator.num_processes / total_items
+        loss_total = torch.zeros((), device=accelerator.device)
+        extras: dict[str, float] = {}
+        grad_norm = None
+        for batch in window:
+            with accelerator.accumulate(model):
+                if batch.get("empty"):
+                    loss_sum, extra = _zero_touch(model), {}
+                else:
+                    loss_sum, extra = compute_loss(model, batch)
+                accelerator.backward(loss_sum * scale)
+                loss_total += loss_sum.detach().float()
+                for k, v in extra.items():
+                    extras[k] = extras.get(k, 0.0) + float(v) / gas
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                step_loss = (
+                    accelerator.reduce(loss_total, "sum").item() / total_items
+                    if accelerator.sync_gradients
+                    else None
+                )
+                finite = step_loss is None or (
+                    math.isfinite(step_loss)
+                    and (grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm))))
+                )
+                if finite:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        result.global_step = step + 1
+        if not finite:
+            consecutive_bad += 1
+            result.bad_steps += 1
+            logger.warning(
+                "step %d: non-finite loss or gradient; update skipped (%d in a row)",
+                step + 1,
+                consecutive_bad,
+            )
+            if consecutive_bad >= cfg.max_bad_steps:
+                raise NonFiniteLossError(
+                    f"{consecutive_bad} consecutive steps with a non-finite loss or gradient (last at step "
+                    f"{step + 1}); stopping. The last good checkpoint is intact in {output_dir}. Lower the "
+                    "learning rate or check the data."
+                )
+        else:
+            consecutive_bad = 0
+        record = {
+            "step": step + 1,
+            "loss": step_loss,
+            "lr": scheduler.get_last_lr()[0],
+            "items": total_items,
+            **extras,
+        }
+        if grad_norm is not None:
+            record["grad_norm"] = float(grad_norm)
+        result.history.append(record)
+        progress.update(1)
+        progress.set_postfix(loss=f"{step_loss:.4f}")
+        if log is not None and (
+            (step + 1) % max(1, cfg.logging_steps) == 0 or step + 1 == total_steps or step == start_step
+        ):
+            log.write(record)
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step + 1)
+        if cfg.save_steps > 0 and (step + 1) % cfg.save_steps == 0 and step + 1 < total_steps:
+            save_checkpoint(accelerator, output_dir, step + 1, cfg.save_total_limit, keep=resume_dir)
+    progress.close()
+    result.train_seconds = time.perf_counter() - t0
+    return result
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, limit: int, keep: Path | None = None) -> Path:
+    """Atomic `save_state` into checkpoint-<step>; a failure (disk full) leaves earlier checkpoints intact."""
+    import shutil
+
+    tmp = ckpt.tmp_checkpoint_dir(output_dir, step)
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        final = output_dir / f"checkpoint-{step}"
+        if accelerator.is_main_process:
+            final = ckpt.finalize_checkpoint(output_dir, tmp, step, {})
+            ckpt.rotate_checkpoints(output_dir, limit, keep=keep)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = ckpt.list_checkpoints(output_dir)
+        kept = previous[-1].name if previous else "none"
+        raise RuntimeError(
+            f"could not write checkpoint {step} in {output_dir}: {err}. Free disk space and resume with "
+            f"--resume_from_checkpoint latest (newest complete checkpoint: {kept})"
+        ) from err
+    accelerator.wait_for_everyone()
+    return final

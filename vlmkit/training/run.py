@@ -1,0 +1,74 @@
+"""What every recipe does around training: output directory, logging, final save, metrics, model card."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vlmkit.config.parser import save_config
+from vlmkit.training.reporting import LOG_FILE, PLOT_FILE, plot_loss, write_metrics
+
+logger = logging.getLogger(__name__)
+
+
+def setup_run(cfg, accelerator=None) -> Path:
+    """Create output_dir, configure logging, seed everything and write config.yaml (main process)."""
+    from transformers import set_seed
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("httpx", "urllib3", "huggingface_hub", "transformers.modeling_utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    set_seed(cfg.seed)
+    if accelerator is None or accelerator.is_main_process:
+        save_config(cfg, out / "config.yaml")
+    return out
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process: GPU allocator peak on CUDA, else max RSS."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def save_model(accelerator, model, processor, out_dir: Path) -> None:
+    """Consolidate (ZeRO-3/FSDP) and save the unwrapped model + processor in from_pretrained form."""
+    state_dict = accelerator.get_state_dict(model)  # collective under ZeRO-3 / FSDP: every rank calls it
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(out_dir, state_dict=state_dict)
+        processor.save_pretrained(out_dir)
+    accelerator.wait_for_everyone()
+
+
+def finish_run(out_dir: Path, metrics: dict, *, started: float, title: str, skips=None) -> dict:
+    """Write metrics.json and loss.png; print the summary line."""
+    metrics = dict(metrics)
+    metrics.setdefault("train_seconds", round(time.perf_counter() - started, 2))
+    metrics.setdefault("peak_memory_mb", round(peak_memory_mb(), 1))
+    if skips is not None and skips.total:
+        metrics["skipped_samples"] = skips.total
+        (out_dir / "skipped.json").write_text(json.dumps(skips.as_dict(), indent=2))
+        logger.warning("skipped %d bad samples: %s (see skipped.json)", skips.total, skips.as_dict())
+    flat = write_metrics(out_dir, metrics)
+    if (out_dir / LOG_FILE).exists():
+        plot_loss(out_dir / LOG_FILE, out_dir / PLOT_FILE, title=title)
+    headline = {k: v for k, v in flat.items() if k.startswith("eval_")}
+    print(f"[vlmkit] {title}: {json.dumps(headline)} -> {out_dir}", flush=True)
+    return flat
