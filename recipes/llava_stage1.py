@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_set = sft_dataset(cfg, cfg.data_path, processor, skips)
     collate = SFTCollator(processor.tokenizer.pad_token_id)
     result = train(cfg, accelerator, model, train_set, collate, sft_loss)
+    model = result.model
 
     save_model(accelerator, model, processor, out)
     metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}

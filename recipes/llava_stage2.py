@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_set = sft_dataset(cfg, cfg.data_path, processor, skips)
     collate = SFTCollator(processor.tokenizer.pad_token_id)
     result = train(cfg, accelerator, model, train_set, collate, sft_loss, lr_overrides=lr_overrides)
+    model = result.model
 
     save_model(accelerator, model, processor, out)
     metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
@@ -58,7 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
         unwrapped = accelerator.unwrap_model(model)
         if cfg.eval_data_path:
             eval_set = sft_dataset(cfg, cfg.eval_data_path, processor, skips)
-            metrics["eval_loss"] = eval_token_loss(unwrapped, eval_set, collate, cfg.per_device_eval_batch_size)
+            metrics["eval_loss"] = eval_token_loss(
+                unwrapped, eval_set, collate, cfg.per_device_eval_batch_size
+            )
             if cfg.eval_generation:
                 samples = subsample(read_samples(cfg, cfg.eval_data_path), cfg.max_eval_samples, cfg.seed)
                 accuracy, examples = answer_accuracy(

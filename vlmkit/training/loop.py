@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ class EpochSampler(Sampler[int]):
 
 @dataclass
 class TrainResult:
+    """What `train` hands back; `model` is the prepared (possibly wrapped) model to save from."""
+
+    model: torch.nn.Module
     global_step: int
     bad_steps: int = 0
     history: list[dict] = field(default_factory=list)
@@ -89,7 +93,7 @@ def train(
     extra_state: dict | None = None,
     sampler: Sampler | None = None,
 ) -> TrainResult:
-    """Train `model` on `dataset`; returns the prepared model via `accelerator` state and a TrainResult.
+    """Train `model` on `dataset`; the TrainResult carries the prepared model (save and evaluate that one).
 
     `cfg` carries RunArgs + OptimArgs fields. `extra_state` objects with state_dict()/load_state_dict()
     are checkpointed too (e.g. a KL controller).
@@ -145,10 +149,10 @@ def train(
     from tqdm.auto import tqdm
 
     progress = tqdm(
-        total=total_steps, initial=start_step, disable=not accelerator.is_local_main_process,
+        total=total_steps, initial=start_step, disable=not (accelerator.is_local_main_process and sys.stderr.isatty()),
         desc=Path(cfg.output_dir).name, dynamic_ncols=True,
     )  # fmt: skip
-    result = TrainResult(global_step=start_step)
+    result = TrainResult(model=model, global_step=start_step)
     stream = micro_batches()
     consecutive_bad = 0
     t0 = time.perf_counter()
