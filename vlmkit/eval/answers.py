@@ -100,5 +100,16 @@ def answer_accuracy(model, processor, samples: list[Sample], **kwargs) -> tuple[
     if not scored:
         raise ValueError("no evaluation sample has a reference answer (a final assistant turn)")
     correct = [exact_match(p, r) for p, r in scored]
-    examples = [{"prediction": p, "reference": r, "correct": c} for (p, r), c in zip(scored, correct)]
+    described = [describe_sample(s) for s, (_, ref) in zip(samples, pairs) if ref is not None]
+    examples = [
+        {**d, "prediction": p, "reference": r, "correct": c}
+        for d, (p, r), c in zip(described, scored, correct)
+    ]
     return sum(correct) / len(correct), examples
+
+
+def describe_sample(sample: Sample) -> dict:
+    """The question (last user turn) and first media path of a sample, for reports."""
+    question = next((t.text for t in reversed(sample.turns) if t.role == "user"), "")
+    media = next((m for m in (*sample.images, *sample.audios) if isinstance(m, str)), None)
+    return {"question": question, "media": media, "source": sample.source, "index": sample.index}

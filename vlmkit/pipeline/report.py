@@ -1,0 +1,183 @@
+"""The pipeline report: report.md and a self-contained report.html (plots and thumbnails embedded)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+from vlmkit.pipeline.spec import PipelineSpec, StageSpec
+from vlmkit.training.reporting import METRICS_FILE, PLOT_FILE
+
+EXAMPLE_FILES = ("eval_examples.json",)
+MAX_EXAMPLES = 6
+
+
+def _b64_png(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _thumbnail(media: str | None) -> str | None:
+    """A 96x96 PNG data URI of an image file (None for audio or missing files)."""
+    if not media or not Path(media).is_file() or not media.lower().endswith((".png", ".jpg", ".jpeg")):
+        return None
+    from PIL import Image
+
+    with Image.open(media) as img:
+        thumb = img.convert("RGB").resize((96, 96), Image.NEAREST)
+    buf = io.BytesIO()
+    thumb.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _stage_facts(stage: StageSpec, stage_dir: Path) -> dict:
+    metrics = (
+        json.loads((stage_dir / METRICS_FILE).read_text()) if (stage_dir / METRICS_FILE).is_file() else {}
+    )
+    marker = stage_dir / "pipeline_stage.json"
+    wall = json.loads(marker.read_text()).get("wall_seconds") if marker.is_file() else None
+    head = stage.headline or next((k for k in sorted(metrics) if k.startswith("eval_")), None)
+    examples = []
+    for name in EXAMPLE_FILES:
+        if (stage_dir / name).is_file():
+            examples = json.loads((stage_dir / name).read_text())[:MAX_EXAMPLES]
+    return {
+        "metrics": metrics,
+        "headline": head,
+        "value": metrics.get(head) if head else None,
+        "wall": wall,
+        "peak_mb": metrics.get("peak_memory_mb"),
+        "config": (stage_dir / "config.yaml").read_text() if (stage_dir / "config.yaml").is_file() else "",
+        "plot": stage_dir / PLOT_FILE if (stage_dir / PLOT_FILE).is_file() else None,
+        "examples": examples,
+    }
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "—" if value is None else str(value)
+
+
+def render_markdown(spec: PipelineSpec, root: Path, facts: dict[str, dict]) -> str:
+    lines = ["# vlmkit pipeline report", "", f"Pipeline: `{spec.source}` · output: `{root}`", ""]
+    lines += [
+        "| stage | recipe | headline metric | value | chance | wall time (s) | peak memory (MB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for stage in spec.stages:
+        f = facts.get(stage.name)
+        if f:
+            row = [
+                stage.name,
+                stage.recipe,
+                f["headline"] or "—",
+                _fmt(f["value"]),
+                _fmt(stage.chance),
+                _fmt(f["wall"]),
+                _fmt(f["peak_mb"]),
+            ]
+            lines.append("| " + " | ".join(row) + " |")
+    for stage in spec.stages:
+        f = facts.get(stage.name)
+        if not f:
+            continue
+        lines += ["", f"## {stage.name} ({stage.recipe})", ""]
+        lines += [f"- `{k}`: {_fmt(v)}" for k, v in sorted(f["metrics"].items())]
+        if f["plot"]:
+            lines += ["", f"![{stage.name} loss]({stage.name}/{PLOT_FILE})"]
+        if f["examples"]:
+            lines += ["", "| question | answer | reference | correct |", "|---|---|---|---|"]
+            for ex in f["examples"]:
+                q = ex.get("question", "").replace("\n", " ").replace("|", "\\|")
+                lines.append(
+                    f"| {q} | {ex.get('prediction', '')} | {ex.get('reference', '')} | {ex.get('correct', '')} |"
+                )
+        lines += [
+            "",
+            "<details><summary>config</summary>",
+            "",
+            "```yaml",
+            f["config"].rstrip(),
+            "```",
+            "</details>",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f3f3f3}.good{color:#176c2f;font-weight:600}.stage{border-top:2px solid #ddd;margin-top:2em}
+img.plot{max-width:600px}img.thumb{width:64px;height:64px;image-rendering:pixelated}pre{background:#f7f7f7;padding:8px;overflow:auto}"""
+
+
+def render_html(spec: PipelineSpec, root: Path, facts: dict[str, dict]) -> str:
+    e = html.escape
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>vlmkit pipeline report</title><style>{_CSS}</style></head><body>"
+    ]
+    parts.append(
+        f"<h1>vlmkit pipeline report</h1><p>Pipeline <code>{e(spec.source)}</code>, output <code>{e(str(root))}</code></p>"
+    )
+    parts.append(
+        "<table id='summary'><tr><th>stage</th><th>recipe</th><th>headline metric</th><th>value</th><th>chance</th><th>wall time (s)</th><th>peak memory (MB)</th></tr>"
+    )
+    for stage in spec.stages:
+        f = facts.get(stage.name)
+        if not f:
+            continue
+        good = stage.chance is not None and isinstance(f["value"], float) and f["value"] > stage.chance
+        cls = " class='good'" if good else ""
+        parts.append(
+            f"<tr><td>{e(stage.name)}</td><td>{e(stage.recipe)}</td><td>{e(f['headline'] or '—')}</td>"
+            f"<td{cls}>{_fmt(f['value'])}</td><td>{_fmt(stage.chance)}</td><td>{_fmt(f['wall'])}</td><td>{_fmt(f['peak_mb'])}</td></tr>"
+        )
+    parts.append("</table>")
+    for stage in spec.stages:
+        f = facts.get(stage.name)
+        if not f:
+            continue
+        parts.append(
+            f"<section class='stage' id='stage-{e(stage.name)}'><h2>{e(stage.name)} <small>({e(stage.recipe)})</small></h2>"
+        )
+        rows = "".join(f"<tr><td>{e(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in sorted(f["metrics"].items()))
+        parts.append(f"<table class='metrics'>{rows}</table>")
+        if f["plot"]:
+            parts.append(f"<img class='plot' alt='{e(stage.name)} loss curve' src='{_b64_png(f['plot'])}'>")
+        if f["examples"]:
+            parts.append(
+                "<table class='examples'><tr><th>input</th><th>question</th><th>answer</th><th>reference</th></tr>"
+            )
+            for ex in f["examples"]:
+                thumb = _thumbnail(ex.get("media"))
+                img = (
+                    f"<img class='thumb' alt='input' src='{thumb}'>"
+                    if thumb
+                    else e(Path(ex.get("media") or "").name)
+                )
+                mark = "✓" if ex.get("correct") else "✗"
+                parts.append(
+                    f"<tr><td>{img}</td><td>{e(ex.get('question', ''))}</td><td>{e(str(ex.get('prediction', '')))} {mark}</td>"
+                    f"<td>{e(str(ex.get('reference', '')))}</td></tr>"
+                )
+            parts.append("</table>")
+        parts.append(
+            f"<details><summary>config used</summary><pre>{e(f['config'])}</pre></details></section>"
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(spec: PipelineSpec, root: Path) -> Path:
+    """Write report.md and report.html for every stage that has output; returns the HTML path."""
+    facts = {
+        s.name: _stage_facts(s, root / s.name)
+        for s in spec.stages
+        if (root / s.name / METRICS_FILE).is_file()
+    }
+    (root / "report.md").write_text(render_markdown(spec, root, facts))
+    out = root / "report.html"
+    out.write_text(render_html(spec, root, facts))
+    return out

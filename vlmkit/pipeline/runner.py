@@ -1,0 +1,160 @@
+"""Run the stages of a pipeline in order, each as its own process, skipping stages already complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vlmkit.pipeline.spec import PipelineSpec, StageSpec, stage_argv, stage_fingerprint
+from vlmkit.training.reporting import LOG_FILE, METRICS_FILE, read_log
+
+MARKER = "pipeline_stage.json"
+
+
+class StageFailed(RuntimeError):
+    """A stage's recipe exited with an error; its log is in <output_dir>/<stage>/stage.log."""
+
+
+def stage_is_complete(stage_dir: Path, fingerprint: str) -> bool:
+    marker = stage_dir / MARKER
+    if not (marker.is_file() and (stage_dir / METRICS_FILE).is_file()):
+        return False
+    return json.loads(marker.read_text()).get("fingerprint") == fingerprint
+
+
+def select_stages(spec: PipelineSpec, only: list[str] | None, from_stage: str | None) -> list[StageSpec]:
+    """Enabled stages, optionally restricted to `only` or starting at `from_stage` (names are checked)."""
+    names = [s.name for s in spec.stages]
+    for name in (only or []) + ([from_stage] if from_stage else []):
+        if name not in names:
+            raise ValueError(f"unknown stage '{name}'; stages: {', '.join(names)}")
+    stages = [s for s in spec.stages if s.enabled or (only and s.name in only)]
+    if from_stage:
+        start = names.index(from_stage)
+        stages = [s for s in stages if names.index(s.name) >= start]
+    if only:
+        stages = [s for s in stages if s.name in only]
+    return stages
+
+
+def _watch(proc: subprocess.Popen, log_path: Path, name: str, show_progress: bool) -> None:
+    """Show a progress bar (step/total, loss, ETA) from the stage's train_log.jsonl until it exits."""
+    from tqdm.auto import tqdm
+
+    bar = None
+    while proc.poll() is None:
+        time.sleep(0.5)
+        if not show_progress:
+            continue
+        records = read_log(log_path) if log_path.exists() else []
+        if records and bar is None:
+            bar = tqdm(
+                total=records[-1].get("total_steps"), desc=f"{name:>14}", dynamic_ncols=True, leave=False
+            )
+        if records and bar is not None:
+            last = records[-1]
+            bar.update(last["step"] - bar.n)
+            if last.get("loss") is not None:
+                bar.set_postfix(loss=f"{last['loss']:.4f}")
+    if bar is not None:
+        bar.close()
+
+
+def run_stage(
+    spec: PipelineSpec, stage: StageSpec, root: Path, fingerprint: str, launcher: list[str]
+) -> dict:
+    """Run one stage's recipe in a subprocess (resuming from its own checkpoints) and return its metrics."""
+    stage_dir = root / stage.name
+    marker = stage_dir / MARKER
+    if stage_dir.exists():
+        previous = json.loads(marker.read_text()).get("fingerprint") if marker.is_file() else None
+        started = (stage_dir / "pipeline_started.json").is_file()
+        same_run = (
+            started
+            and json.loads((stage_dir / "pipeline_started.json").read_text())["fingerprint"] == fingerprint
+        )
+        if previous != fingerprint and not same_run:
+            shutil.rmtree(stage_dir)  # output of a different configuration: never mix it in
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / "pipeline_started.json").write_text(json.dumps({"fingerprint": fingerprint}))
+    recipe = Path(spec.recipes_dir) / f"{stage.recipe}.py"
+    if not recipe.is_file():
+        raise FileNotFoundError(
+            f"stage '{stage.name}': recipe {recipe} not found (run from the repository root)"
+        )
+    argv = [*launcher, str(recipe), *stage_argv(spec, stage, root), "--resume_from_checkpoint", "latest"]
+    started_at = time.perf_counter()
+    with open(stage_dir / "stage.log", "a") as log:
+        log.write(f"$ {' '.join(argv)}\n")
+        log.flush()
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+        try:
+            _watch(proc, stage_dir / LOG_FILE, stage.name, sys.stderr.isatty())
+        except KeyboardInterrupt:
+            proc.terminate()
+            raise
+    if proc.returncode != 0:
+        tail = "".join((stage_dir / "stage.log").read_text().splitlines(keepends=True)[-25:])
+        raise StageFailed(
+            f"stage '{stage.name}' failed (exit {proc.returncode}); last lines of its log:\n{tail}"
+        )
+    metrics = json.loads((stage_dir / METRICS_FILE).read_text())
+    wall = time.perf_counter() - started_at
+    marker.write_text(json.dumps({"fingerprint": fingerprint, "wall_seconds": round(wall, 1)}, indent=2))
+    return metrics
+
+
+def summary_line(stage: StageSpec, metrics: dict, wall: float | None, skipped: bool) -> str:
+    head = stage.headline or next((k for k in metrics if k.startswith("eval_")), None)
+    shown = (
+        f"{head}={metrics[head]:.3f}" if head and isinstance(metrics.get(head), (int, float)) else "no metric"
+    )
+    chance = f" (chance {stage.chance:.2f})" if stage.chance is not None else ""
+    took = "skipped: already complete" if skipped else f"{wall:.0f}s"
+    return f"[{stage.name}] {shown}{chance}  [{took}]"
+
+
+def run_pipeline(
+    spec: PipelineSpec,
+    *,
+    only: list[str] | None = None,
+    from_stage: str | None = None,
+    launcher: str | None = None,
+) -> dict[str, dict]:
+    """Run the selected stages; returns {stage: metrics}. Writes report.md / report.html at the end."""
+    from vlmkit.pipeline.report import write_report
+
+    root = Path(spec.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    launch = launcher.split() if launcher else [sys.executable]
+    prints: dict[str, str] = {}
+    results: dict[str, dict] = {}
+    selected = {s.name for s in select_stages(spec, only, from_stage)}
+    for stage in spec.stages:
+        prints[stage.name] = stage_fingerprint(spec, stage, root, prints)
+        if stage.name not in selected:
+            continue
+        stage_dir = root / stage.name
+        if stage_is_complete(stage_dir, prints[stage.name]):
+            metrics = json.loads((stage_dir / METRICS_FILE).read_text())
+            print(summary_line(stage, metrics, None, skipped=True), flush=True)
+        else:
+            missing = [p for p in stage.parents() if not stage_is_complete(root / p, prints[p])]
+            if missing:
+                raise RuntimeError(
+                    f"stage '{stage.name}' needs {missing} to be complete first (run them, or drop --only)"
+                )
+            t0 = time.perf_counter()
+            metrics = run_stage(spec, stage, root, prints[stage.name], launch)
+            print(summary_line(stage, metrics, time.perf_counter() - t0, skipped=False), flush=True)
+        results[stage.name] = metrics
+    report = write_report(spec, root)
+    print(f"[pipeline] report: {report}", flush=True)
+    return results
