@@ -16,9 +16,9 @@ import time
 
 from vlmkit.config.parser import parse_config
 from vlmkit.config.recipes import Stage1Config
+from vlmkit.data.batching import build_train_data
 from vlmkit.data.loading import sft_dataset
 from vlmkit.data.records import SkipCounter
-from vlmkit.data.sft_dataset import SFTCollator
 from vlmkit.eval.loss import eval_token_loss
 from vlmkit.hub.lifecycle import maybe_check_hub, maybe_push, write_vlm_card
 from vlmkit.models.build import build_vlm
@@ -43,13 +43,18 @@ def main(argv: list[str] | None = None) -> dict:
     set_trainable(model, "align")
 
     skips = SkipCounter()
-    train_set = sft_dataset(cfg, cfg.data_path, processor, skips)
-    collate = SFTCollator(processor.tokenizer.pad_token_id)
-    result = train(cfg, accelerator, model, train_set, collate, sft_loss)
+    train_set, collate, sampler = build_train_data(
+        cfg, processor, skips, model=model, accelerator=accelerator
+    )
+    result = train(cfg, accelerator, model, train_set, collate, sft_loss, sampler=sampler)
     model = result.model
 
     save_model(accelerator, model, processor, out)
-    metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
+    metrics = {
+        "train_loss": result.history[-1]["loss"],
+        "global_step": result.global_step,
+        "world_size": accelerator.num_processes,
+    }
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         if cfg.eval_data_path:

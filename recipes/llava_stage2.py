@@ -19,9 +19,9 @@ import time
 
 from vlmkit.config.parser import parse_config
 from vlmkit.config.recipes import Stage2Config
+from vlmkit.data.batching import build_train_data
 from vlmkit.data.loading import read_samples, sft_dataset, subsample
 from vlmkit.data.records import SkipCounter
-from vlmkit.data.sft_dataset import SFTCollator
 from vlmkit.eval.answers import answer_accuracy
 from vlmkit.eval.loss import eval_token_loss
 from vlmkit.hub.lifecycle import maybe_check_hub, maybe_push, write_vlm_card
@@ -48,13 +48,20 @@ def main(argv: list[str] | None = None) -> dict:
     lr_overrides = {"connector.": cfg.connector_learning_rate} if cfg.connector_learning_rate else None
 
     skips = SkipCounter()
-    train_set = sft_dataset(cfg, cfg.data_path, processor, skips)
-    collate = SFTCollator(processor.tokenizer.pad_token_id)
-    result = train(cfg, accelerator, model, train_set, collate, sft_loss, lr_overrides=lr_overrides)
+    train_set, collate, sampler = build_train_data(
+        cfg, processor, skips, model=model, accelerator=accelerator
+    )
+    result = train(
+        cfg, accelerator, model, train_set, collate, sft_loss, lr_overrides=lr_overrides, sampler=sampler
+    )
     model = result.model
 
     save_model(accelerator, model, processor, out)
-    metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
+    metrics = {
+        "train_loss": result.history[-1]["loss"],
+        "global_step": result.global_step,
+        "world_size": accelerator.num_processes,
+    }
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         if cfg.eval_data_path:

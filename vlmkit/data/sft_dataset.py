@@ -44,6 +44,7 @@ class SFTDataset(Dataset):
         self.processor = processor
         self.on_bad_sample = on_bad_sample
         self.skips = skips if skips is not None else SkipCounter()
+        self._bad_media: set[int] = set()
         self.items: list[TokenizedSample] = []
         for sample in samples:
             try:
@@ -90,7 +91,9 @@ class SFTDataset(Dataset):
         except BadSampleError as err:
             if self.on_bad_sample == "error":
                 raise
-            self.skips.add(err)
+            if i not in self._bad_media:  # counted once, however many epochs meet it
+                self._bad_media.add(i)
+                self.skips.add(err)
             return None
         return {
             "input_ids": torch.tensor(item.input_ids),
@@ -124,10 +127,14 @@ class SFTCollator:
         input_ids = pad_sequences([it["input_ids"] for it in items], self.pad_token_id)
         labels = pad_sequences([it["labels"] for it in items], IGNORE_INDEX)
         attention_mask = pad_sequences([torch.ones_like(it["input_ids"]) for it in items], 0)
-        media = [it["media"] for it in items if it["media"] is not None]
-        return {
+        media = [it["media"] for it in items if it.get("media") is not None]
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
             "media": torch.cat(media) if media else None,
         }
+        features = [it["media_features"] for it in items if it.get("media_features") is not None]
+        if features:  # cached encoder outputs (vlmkit.models.feature_cache), (n, N, D_enc)
+            batch["media_features"] = torch.cat(features)
+        return batch

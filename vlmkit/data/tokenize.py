@@ -72,8 +72,8 @@ def assistant_spans(tokenizer, messages: list[dict], source: str = "<memory>", i
         if not (upto.startswith(prompt) and text.startswith(upto)):
             raise BadSampleError(
                 source, index, "conversations",
-                f"the chat template does not render turn {i} as a prefix of the conversation, so assistant "
-                "tokens cannot be located (LLaVA's 'tokenization mismatch'); use a standard chat template",
+                f"tokenization mismatch: the chat template does not render turn {i} as a prefix of the "
+                "conversation, so assistant tokens cannot be located; use a standard chat template",
             )  # fmt: skip
         end = len(upto.rstrip())
         spans.append((len(prompt), end))
@@ -121,8 +121,8 @@ def _truncate(input_ids, labels, media_id, max_length, truncation, sample):
     total_media = sum(1 for t in input_ids if t == media_id)
     if kept_media != total_media:
         reason = (
-            f"sample needs {len(input_ids)} tokens; cutting to max_length={max_length} would cut through "
-            "media tokens (raise max_length, or set truncation: drop)"
+            f"too long: the sample needs {len(input_ids)} tokens; cutting to max_length={max_length} would "
+            "cut through media tokens (raise max_length, or set truncation: drop)"
         )
         if truncation == "drop":
             raise SampleDropped(sample.source, sample.index, "max_length", reason)

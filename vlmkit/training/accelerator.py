@@ -31,14 +31,19 @@ def make_accelerator(
     DeepSpeed and FSDP launched through `accelerate launch` read their plugin settings from the environment
     the launcher sets; only the process-group backend needs help on CPU (see PLATFORM_NOTES).
     """
-    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate import Accelerator, DataLoaderConfiguration, DistributedType
     from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs
 
     handlers = []
     if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
     trackers = [t for t in (report_to or []) if t != "none"]
-    return Accelerator(
+    sharded = any(os.environ.get(f"ACCELERATE_USE_{k}", "").lower() == "true" for k in ("DEEPSPEED", "FSDP"))
+    # On a CPU-only machine a multi-process DDP launch must ask for the CPU explicitly, otherwise Accelerate
+    # reports num_processes > 1 but distributed_type NO and silently trains each rank alone.
+    cpu = not torch.cuda.is_available() and not sharded
+    accelerator = Accelerator(
+        cpu=cpu,
         # The loop forms its accumulation windows across epoch ends, so the dataloader must not force a sync.
         gradient_accumulation_plugin=GradientAccumulationPlugin(
             num_steps=gradient_accumulation_steps, sync_with_dataloader=False
@@ -49,3 +54,10 @@ def make_accelerator(
         kwargs_handlers=handlers,
         dataloader_config=DataLoaderConfiguration(split_batches=False, even_batches=True),
     )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and accelerator.distributed_type == DistributedType.NO:
+        raise RuntimeError(
+            f"launched with {world} processes but Accelerate is not distributed (each rank would train alone); "
+            "check the accelerate config (distributed_type) for this machine"
+        )
+    return accelerator

@@ -1,8 +1,14 @@
 """Atomic, rotating, resumable checkpoints.
 
-A checkpoint is written into `.tmp-checkpoint-<step>`, flushed to disk, and only then renamed to
-`checkpoint-<step>`; the `latest` pointer file is replaced after the rename. A crash at any moment leaves
-either no new checkpoint or a complete one, never a half-written directory that looks complete.
+A checkpoint is written into `.tmp-checkpoint-<step>`, marked complete, flushed to disk, and only then
+renamed to `checkpoint-<step>`; the `latest` pointer file is replaced after the rename. Deleting (rotation,
+overwriting) first renames a checkpoint to `.trash-*`, so a crash at any moment (SIGKILL, power loss) leaves
+either no new checkpoint or a complete one, never a half-written or half-deleted `checkpoint-<step>`.
+Resume ("latest") picks the newest complete checkpoint; stale `.tmp-*`/`.trash-*` dirs are cleared later.
+
+Test hook: with `VLMKIT_TEST_PAUSE_IN_CHECKPOINT=<step>` in the environment, the writer stops for
+10 minutes after the state files of checkpoint <step> are written and before it is marked complete, so a
+fault-injection test can kill the run mid-checkpoint deterministically.
 """
 
 from __future__ import annotations
@@ -11,11 +17,19 @@ import json
 import os
 import re
 import shutil
+import sys
+import time
 from pathlib import Path
+from typing import Any
+
+import torch
 
 COMPLETE_MARKER = "checkpoint_complete.json"
+TENSOR_FILE = "trainer_state.safetensors"  # tensors of the marker's state (e.g. generator states)
 LATEST_FILE = "latest"
+PAUSE_ENV = "VLMKIT_TEST_PAUSE_IN_CHECKPOINT"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+_STALE_GLOBS = (".tmp-checkpoint-*", ".trash-checkpoint-*")
 
 
 def fsync_tree(path: Path) -> None:
@@ -34,34 +48,96 @@ def fsync_tree(path: Path) -> None:
             os.close(fd)
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a small file so readers see the old or the new content, never a mix."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint dir crash-safely: an atomic rename out of the `checkpoint-*` namespace first."""
+    trash = path.with_name(f".trash-{path.name}-{os.getpid()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def pause_for_fault_injection(step: int) -> None:
+    """Test hook (see module docstring): stop mid-checkpoint when PAUSE_ENV names this step."""
+    if os.environ.get(PAUSE_ENV) == str(step):
+        print(f"[vlmkit] test hook: paused while writing checkpoint {step}", file=sys.stderr, flush=True)
+        time.sleep(600)
 
 
 def tmp_checkpoint_dir(output_dir: Path, step: int) -> Path:
     return Path(output_dir) / f".tmp-checkpoint-{step}"
 
 
+def split_tensors(obj: Any, name: str = "state") -> tuple[Any, dict[str, torch.Tensor]]:
+    """A JSON-ready copy of `obj` with each tensor replaced by {"__tensor__": key}, and the tensors by key.
+
+    Values must be None, bool, int, float, str, lists, dicts (string keys) or tensors: no pickles.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(x: Any, key: str) -> Any:
+        if isinstance(x, torch.Tensor):
+            tensors[key] = x.detach().cpu().clone().contiguous()
+            return {"__tensor__": key}
+        if isinstance(x, dict):
+            return {str(k): walk(v, f"{key}.{k}") for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v, f"{key}.{i}") for i, v in enumerate(x)]
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        raise TypeError(
+            f"{key}: a {type(x).__name__} cannot go into a checkpoint; state_dict() values must be numbers, "
+            "strings, lists, dicts or tensors"
+        )
+
+    return walk(obj, name), tensors
+
+
+def join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of `split_tensors`."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        return {k: join_tensors(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [join_tensors(v, tensors) for v in obj]
+    return obj
+
+
 def finalize_checkpoint(output_dir: Path, tmp_dir: Path, step: int, state: dict) -> Path:
-    """Mark `tmp_dir` complete, fsync it, rename it to checkpoint-<step> and move `latest` to it."""
+    """Write `state` (JSON + safetensors) into `tmp_dir`, mark it complete, fsync it, rename it to
+    checkpoint-<step> and move `latest` to it."""
+    from safetensors.torch import save_file
+
     output_dir = Path(output_dir)
-    (tmp_dir / COMPLETE_MARKER).write_text(json.dumps({"step": step, **state}, indent=2))
+    plain, tensors = split_tensors(state)
+    if tensors:
+        save_file(tensors, str(tmp_dir / TENSOR_FILE))
+    (tmp_dir / COMPLETE_MARKER).write_text(json.dumps({"step": step, **plain}, indent=2))
     fsync_tree(tmp_dir)
     final = output_dir / f"checkpoint-{step}"
-    if final.exists():
-        shutil.rmtree(final)
+    if final.exists():  # e.g. a later run's checkpoint when resuming from an earlier one
+        _discard(final)
     os.replace(tmp_dir, final)
-    dir_fd = os.open(output_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _fsync_dir(output_dir)
     atomic_write_text(output_dir / LATEST_FILE, final.name + "\n")
     return final
 
@@ -92,10 +168,20 @@ def resolve_resume(output_dir: Path, resume_from: str | None) -> Path | None:
         return ckpts[-1] if ckpts else None
     path = Path(resume_from)
     if not path.is_dir():
-        raise FileNotFoundError(f"--resume_from_checkpoint {resume_from}: no such directory")
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {resume_from}: no such directory; give a checkpoint-<step> "
+            "directory or 'latest'"
+        )
     if not is_complete(path):
+        inside = list_checkpoints(path)
+        hint = (
+            f"it looks like an output directory: pass {inside[-1]}"
+            if inside
+            else "it was never finished (killed mid-write?); pass an earlier checkpoint or 'latest'"
+        )
         raise ValueError(
-            f"--resume_from_checkpoint {resume_from}: incomplete checkpoint ({COMPLETE_MARKER} missing)"
+            f"--resume_from_checkpoint {resume_from}: not a complete checkpoint ({COMPLETE_MARKER} "
+            f"missing); {hint}"
         )
     return path
 
@@ -103,16 +189,27 @@ def resolve_resume(output_dir: Path, resume_from: str | None) -> Path | None:
 def rotate_checkpoints(output_dir: Path, limit: int, keep: Path | None = None) -> list[Path]:
     """Delete the oldest complete checkpoints beyond `limit`, never `keep`; also clear stale temp dirs."""
     output_dir = Path(output_dir)
-    for stale in output_dir.glob(".tmp-checkpoint-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    clear_stale(output_dir)
     if limit <= 0:
         return []
     ckpts = list_checkpoints(output_dir)
     removable = [c for c in ckpts[:-limit] if keep is None or c.resolve() != Path(keep).resolve()]
     for c in removable:
-        shutil.rmtree(c, ignore_errors=True)
+        _discard(c)
     return removable
 
 
+def clear_stale(output_dir: Path) -> None:
+    """Remove leftovers of interrupted writes and deletions (`.tmp-checkpoint-*`, `.trash-checkpoint-*`)."""
+    for pattern in _STALE_GLOBS:
+        for stale in Path(output_dir).glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def read_checkpoint_state(path: Path) -> dict:
-    return json.loads((Path(path) / COMPLETE_MARKER).read_text())
+    """The state saved with the checkpoint (step, run settings, objects), tensors restored."""
+    from safetensors.torch import load_file
+
+    state = json.loads((Path(path) / COMPLETE_MARKER).read_text())
+    tensor_file = Path(path) / TENSOR_FILE
+    return join_tensors(state, load_file(str(tensor_file)) if tensor_file.is_file() else {})

@@ -19,19 +19,25 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def set_trainable(
-    model: nn.Module, stage: str, *, tune_encoder: bool = False, log: bool = True
+    model: nn.Module,
+    stage: str,
+    *,
+    tune_encoder: bool = False,
+    tune_connector: bool = True,
+    log: bool = True,
 ) -> tuple[int, int]:
     """Freeze/unfreeze the parts of a VLM for a stage and log the counts.
 
     - align (stage 1): connector only.
     - instruct (stage 2): connector + LLM (or only the LoRA weights when the LLM carries adapters).
     - reward (stage 3): like instruct, plus any `score_head`.
-    `tune_encoder` also trains the encoder in instruct/reward.
+    `tune_encoder` also trains the encoder in instruct/reward; `tune_connector=False` keeps the connector
+    frozen there (e.g. LoRA-only reward models and DPO, whose reference is the model with adapters off).
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage '{stage}'; valid: {', '.join(STAGES)}")
     model.requires_grad_(False)
-    model.connector.requires_grad_(True)
+    model.connector.requires_grad_(stage == "align" or tune_connector)
     if stage in ("instruct", "reward"):
         lm = model.language_model
         if hasattr(lm, "peft_config"):

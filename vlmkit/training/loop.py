@@ -6,6 +6,7 @@ micro-batches and processes, so batch 8 x accumulation 1 and batch 1 x accumulat
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import sys
@@ -96,14 +97,22 @@ def train(
     """Train `model` on `dataset`; the TrainResult carries the prepared model (save and evaluate that one).
 
     `cfg` carries RunArgs + OptimArgs fields. `extra_state` objects with state_dict()/load_state_dict()
-    are checkpointed too (e.g. a KL controller).
+    (numbers, strings, lists, dicts, tensors; e.g. a KL controller) are checkpointed too. An atomic
+    checkpoint is written every `save_steps`; `resume_from_checkpoint` (a dir or "latest") continues
+    exactly: same data order, RNG, optimizer, schedule and accumulation position, so the result equals
+    an uninterrupted run.
+    A non-finite loss/gradient skips the update (counted in `bad_steps`); `max_bad_steps` in a row stop
+    the run with NonFiniteLossError, leaving the last good checkpoint in place.
     """
     output_dir = Path(cfg.output_dir)
     gas = cfg.gradient_accumulation_steps
     sampler = sampler or EpochSampler(len(dataset), cfg.seed)
+    # Its own generator: starting an epoch must not draw from the global RNG (dropout's), or a resumed
+    # run, which starts its iterator at another moment, would see a shifted random stream.
     loader = DataLoader(
         dataset, batch_size=cfg.per_device_train_batch_size, sampler=sampler, collate_fn=collate_fn,
         drop_last=True, num_workers=cfg.dataloader_num_workers,
+        generator=torch.Generator().manual_seed(cfg.seed),
     )  # fmt: skip
     per_rank_batches = len(loader) // accelerator.num_processes
     if per_rank_batches == 0:
@@ -123,16 +132,28 @@ def train(
         lm = getattr(model, "language_model", model)
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    accelerator.register_for_checkpointing(scheduler)
-    for obj in (extra_state or {}).values():
-        accelerator.register_for_checkpointing(obj)
-
+    _start_trackers(accelerator, cfg)
+    # The scheduler and extra objects are checkpointed as JSON + safetensors, not registered with
+    # accelerate, which would pickle them and reload them with torch.load(weights_only=False).
+    stateful = {"scheduler": scheduler, **(extra_state or {})}
+    geometry = {
+        "per_device_train_batch_size": cfg.per_device_train_batch_size,
+        "gradient_accumulation_steps": gas,
+        "num_processes": accelerator.num_processes,
+        "seed": cfg.seed,
+        "total_steps": total_steps,
+    }
     resume_dir = ckpt.resolve_resume(output_dir, cfg.resume_from_checkpoint)
     start_step = 0
     if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
-        start_step = ckpt.read_checkpoint_state(resume_dir)["step"]
-        logger.info("resumed from %s at step %d", resume_dir, start_step)
+        start_step = restore_checkpoint(accelerator, resume_dir, stateful, geometry)
+        if start_step >= total_steps:
+            raise ValueError(
+                f"{resume_dir} is at step {start_step}, not before the last step {total_steps}: nothing to "
+                "train; raise --max_steps to continue training"
+            )
+    elif cfg.resume_from_checkpoint:
+        logger.info("no complete checkpoint in %s: starting from step 0", output_dir)
     log = None
     if accelerator.is_main_process:
         log = JsonlLog(output_dir / LOG_FILE, resume_step=start_step if resume_dir else None)
@@ -171,7 +192,7 @@ def train(
         scale = gas * accelerator.num_processes / total_items
         loss_total = torch.zeros((), device=accelerator.device)
         extras: dict[str, float] = {}
-        grad_norm = None
+        grad_norm, step_loss, verdict = None, math.nan, "ok"
         for batch in window:
             with accelerator.accumulate(model):
                 if batch.get("empty"):
@@ -182,81 +203,178 @@ def train(
                 loss_total += loss_sum.detach().float()
                 for k, v in extra.items():
                     extras[k] = extras.get(k, 0.0) + float(v) / gas
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                step_loss = (
-                    accelerator.reduce(loss_total, "sum").item() / total_items
-                    if accelerator.sync_gradients
-                    else None
-                )
-                finite = step_loss is None or (
-                    math.isfinite(step_loss)
-                    and (grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm))))
-                )
-                if finite:
-                    optimizer.step()
+                if accelerator.sync_gradients:
+                    step_loss = accelerator.reduce(loss_total, "sum").item() / total_items
+                    # Always measured (inf = no clipping) so a non-finite gradient is caught either way.
+                    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+                    verdict = classify_step(step_loss, grad_norm, _loss_scale(accelerator))
+                    if verdict == "ok" or accelerator.scaler is not None:
+                        optimizer.step()  # with a loss scaler (fp16) the scaler skips a non-finite update
                 optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         result.global_step = step + 1
-        if not finite:
+        if verdict == "bad":
             consecutive_bad += 1
             result.bad_steps += 1
             logger.warning(
-                "step %d: non-finite loss or gradient; update skipped (%d in a row)",
-                step + 1,
-                consecutive_bad,
-            )
+                "step %d: non-finite loss or gradient; update skipped (%d in a row, max_bad_steps=%d)",
+                step + 1, consecutive_bad, cfg.max_bad_steps,
+            )  # fmt: skip
             if consecutive_bad >= cfg.max_bad_steps:
+                kept = ckpt.list_checkpoints(output_dir)
                 raise NonFiniteLossError(
                     f"{consecutive_bad} consecutive steps with a non-finite loss or gradient (last at step "
-                    f"{step + 1}); stopping. The last good checkpoint is intact in {output_dir}. Lower the "
-                    "learning rate or check the data."
+                    f"{step + 1}, loss {step_loss}); stopping. The last good checkpoint is intact: "
+                    f"{kept[-1] if kept else 'none saved yet (set --save_steps)'}. Lower the learning rate, "
+                    "check the data, or resume with --resume_from_checkpoint latest."
                 )
-        else:
+        elif verdict == "ok":
             consecutive_bad = 0
+        else:
+            logger.info("step %d: fp16 gradient overflow; the loss scaler skipped the update", step + 1)
         record = {
             "step": step + 1,
             "loss": step_loss,
             "lr": scheduler.get_last_lr()[0],
             "items": total_items,
+            "total_steps": total_steps,
             **extras,
         }
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
+        if verdict != "ok":
+            record["skipped"] = verdict
         result.history.append(record)
         progress.update(1)
         progress.set_postfix(loss=f"{step_loss:.4f}")
         if log is not None and (
-            (step + 1) % max(1, cfg.logging_steps) == 0 or step + 1 == total_steps or step == start_step
+            (step + 1) % max(1, cfg.logging_steps) == 0 or step + 1 == total_steps or step == 0
         ):
             log.write(record)
             accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step + 1)
-        if cfg.save_steps > 0 and (step + 1) % cfg.save_steps == 0 and step + 1 < total_steps:
-            save_checkpoint(accelerator, output_dir, step + 1, cfg.save_total_limit, keep=resume_dir)
+        # During a run of bad steps no checkpoint is written: the last one stays the last good one.
+        if (
+            cfg.save_steps > 0
+            and (step + 1) % cfg.save_steps == 0
+            and step + 1 < total_steps
+            and not consecutive_bad
+        ):
+            state = checkpoint_state(stateful, geometry)
+            save_checkpoint(
+                accelerator, output_dir, step + 1, cfg.save_total_limit, keep=resume_dir, state=state
+            )
     progress.close()
     result.train_seconds = time.perf_counter() - t0
     return result
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int, limit: int, keep: Path | None = None) -> Path:
-    """Atomic `save_state` into checkpoint-<step>; a failure (disk full) leaves earlier checkpoints intact."""
+def _start_trackers(accelerator, cfg) -> None:
+    """Start the Accelerate trackers of `report_to` (TensorBoard under output_dir/runs) with the config."""
+    if not accelerator.is_main_process or not getattr(accelerator, "log_with", None) or accelerator.trackers:
+        return
+    values = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(vars(cfg))
+    hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in values.items()}
+    accelerator.init_trackers("runs", config=hparams)
+
+
+def classify_step(loss: float, grad_norm, loss_scale: float | None = None) -> str:
+    """Verdict on one optimizer step: "ok", "overflow" or "bad" (update skipped, counted).
+
+    "overflow": under fp16 loss scaling (`loss_scale` >= 1) a non-finite gradient with a finite loss;
+    the scaler skips that update and lowers its scale, which is routine, not divergence.
+    `grad_norm` None (DeepSpeed may not report it) counts as finite.
+    """
+    if not math.isfinite(loss):
+        return "bad"
+    if grad_norm is None or math.isfinite(float(grad_norm)):
+        return "ok"
+    if loss_scale is not None and loss_scale >= 1.0:
+        return "overflow"
+    return "bad"
+
+
+def _loss_scale(accelerator) -> float | None:
+    """The fp16 loss scale in use (native GradScaler), inf for DeepSpeed's own fp16 scaler, else None.
+
+    Under DeepSpeed the engine steps inside `backward`, so the guard counts bad steps but cannot undo them.
+    """
+    if accelerator.scaler is not None:
+        return float(accelerator.scaler.get_scale())
+    if accelerator.distributed_type == "DEEPSPEED" and accelerator.mixed_precision == "fp16":
+        return math.inf
+    return None
+
+
+def checkpoint_state(stateful: dict, geometry: dict | None = None) -> dict:
+    """What a checkpoint saves besides accelerate's files: each object's `state_dict()` + run settings."""
+    return {"objects": {k: obj.state_dict() for k, obj in stateful.items()}, **(geometry or {})}
+
+
+def restore_checkpoint(accelerator, resume_dir: Path, stateful: dict, geometry: dict | None = None) -> int:
+    """Load a checkpoint written by `save_checkpoint(..., state=checkpoint_state(...))`; returns its step.
+
+    Accelerate restores model, optimizer, RNG states and the accumulation position; the objects in
+    `stateful` (scheduler, KL controller...) come back from JSON and safetensors, never a pickle. Use
+    this instead of `accelerator.register_for_checkpointing`, whose files accelerate reloads with
+    torch.load(weights_only=False).
+    """
+    state = ckpt.read_checkpoint_state(resume_dir)
+    changed = {k: (state[k], v) for k, v in (geometry or {}).items() if k in state and state[k] != v}
+    if changed:
+        logger.warning(
+            "resuming %s with changed settings %s (saved, now): data order or schedule will differ from "
+            "an uninterrupted run", resume_dir, changed,
+        )  # fmt: skip
+    saved = state.get("objects", {})
+    missing = sorted(set(stateful) - set(saved))
+    if missing:
+        raise ValueError(
+            f"{resume_dir}: the checkpoint has no saved state for {missing} (saved: {sorted(saved)}); "
+            "it was written by another recipe or version, resume from a checkpoint of this run"
+        )
+    accelerator.load_state(str(resume_dir))
+    for name, obj in stateful.items():
+        obj.load_state_dict(saved[name])
+    logger.info("resumed from %s at step %d", resume_dir, state["step"])
+    return int(state["step"])
+
+
+def save_checkpoint(
+    accelerator,
+    output_dir: Path,
+    step: int,
+    limit: int,
+    keep: Path | None = None,
+    state: dict | None = None,
+) -> Path:
+    """Atomic `save_state` into checkpoint-<step>; a failure (disk full) leaves earlier checkpoints intact.
+
+    `state` (scheduler/extra objects and run settings: JSON values and tensors) is saved with it.
+    """
     import shutil
 
+    output_dir = Path(output_dir)
+    ckpt.split_tensors(state or {})  # an unsupported value fails here, before anything is written
     tmp = ckpt.tmp_checkpoint_dir(output_dir, step)
+    final = output_dir / f"checkpoint-{step}"
     try:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)  # left over from a run killed mid-write
+        accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp), safe_serialization=True)
         accelerator.wait_for_everyone()
-        final = output_dir / f"checkpoint-{step}"
+        ckpt.pause_for_fault_injection(step)
         if accelerator.is_main_process:
-            final = ckpt.finalize_checkpoint(output_dir, tmp, step, {})
+            final = ckpt.finalize_checkpoint(output_dir, tmp, step, state or {})
             ckpt.rotate_checkpoints(output_dir, limit, keep=keep)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         previous = ckpt.list_checkpoints(output_dir)
-        kept = previous[-1].name if previous else "none"
+        kept = previous[-1] if previous else "none"
         raise RuntimeError(
-            f"could not write checkpoint {step} in {output_dir}: {err}. Free disk space and resume with "
-            f"--resume_from_checkpoint latest (newest complete checkpoint: {kept})"
+            f"could not write checkpoint {step} in {output_dir}: {err}. Earlier checkpoints are intact "
+            f"(newest complete: {kept}); free disk space and resume with --resume_from_checkpoint latest"
         ) from err
     accelerator.wait_for_everyone()
     return final

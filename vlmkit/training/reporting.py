@@ -19,11 +19,13 @@ class JsonlLog:
         if resume_step is None:
             self.path.write_text("")
         elif self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line and json.loads(line)["step"] <= resume_step
-            ]
+            kept = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= resume_step:
+                        kept.append(line)
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut short when the run was killed
             self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:

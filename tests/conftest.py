@@ -1,0 +1,76 @@
+"""Session-wide test setup: private caches, no network, and the shared digits data and stage-1 checkpoint.
+
+Every test session builds the tiny models and the embedded digits into its own temporary directory, so the
+tests never read or write ~/.cache and never depend on the caller's VLMKIT_* variables.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+CONFIGS = RECIPES / "configs"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def vlmkit_session_env(tmp_path_factory):
+    """VLMKIT_TINY_DIR / VLMKIT_DATA_DIR under one session temp dir; Hub offline; quiet tokenizers."""
+    root = tmp_path_factory.mktemp("vlmkit_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLMKIT_TINY_DIR", str(root / "tiny"))
+        mp.setenv("VLMKIT_DATA_DIR", str(root / "data"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TOKENIZERS_PARALLELISM", "false")
+        # huggingface_hub reads HF_HUB_OFFLINE when it is imported, which may have happened already.
+        from huggingface_hub import constants
+
+        mp.setattr(constants, "HF_HUB_OFFLINE", True)
+        yield root
+
+
+@pytest.fixture(scope="session")
+def digits_data(vlmkit_session_env) -> Path:
+    """The embedded digits dataset, built once per session; returns its root directory."""
+    from vlmkit.data.embedded import build_embedded
+
+    return build_embedded("digits")
+
+
+def load_recipe(name: str) -> ModuleType:
+    """Import `recipes/<name>.py` as a module (recipes are scripts, not a package)."""
+    module_name = f"vlmkit_recipe_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def recipe():
+    """`recipe("llava_stage2").main(argv)` runs a recipe in this process."""
+    return load_recipe
+
+
+STAGE1_STEPS = 30
+
+
+@pytest.fixture(scope="session")
+def stage1_checkpoint(digits_data, tmp_path_factory) -> Path:
+    """A short stage-1 run on the embedded digits (the digits config, fewer steps); its output directory."""
+    out = tmp_path_factory.mktemp("stage1")
+    load_recipe("llava_stage1").main(
+        [
+            "--config", str(CONFIGS / "digits_llava_stage1.yaml"), "--output_dir", str(out),
+            "--max_steps", str(STAGE1_STEPS), "--report_to", "none",
+        ]
+    )  # fmt: skip
+    return out
