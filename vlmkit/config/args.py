@@ -50,6 +50,9 @@ class OptimArgs:
     mixed_precision: str = _f("auto", "auto (bf16 on a GPU that supports it, else fp32), no, bf16 or fp16.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.")
     dataloader_num_workers: int = _f(0, "Worker processes for data loading.")
+    use_liger_kernel: bool = _f(
+        False, "Liger Triton kernels in the LLM (RMSNorm, RoPE, SwiGLU); CUDA + liger-kernel only."
+    )
 
 
 @dataclass
@@ -97,6 +100,18 @@ class DataArgs:
     )
     max_eval_samples: int = _f(0, "Evaluate on at most this many held-out samples (0: all).")
     max_new_tokens: int = _f(8, "Tokens generated per answer during evaluation.")
+    packing: bool = _f(
+        False, "Pack samples into rows of packing_max_tokens: no padding, attention within samples."
+    )
+    packing_max_tokens: int = _f(
+        2048, "Token budget of one packed row (media tokens included); must be >= max_length."
+    )
+    group_by_length: bool = _f(
+        False, "Without packing: batch samples of similar length together (less padding), order still random."
+    )
+    feature_cache_dir: str | None = _f(
+        None, "Cache frozen-encoder features here and train from them (needs a frozen encoder)."
+    )
 
 
 @dataclass
@@ -108,6 +123,9 @@ class LoraArgs:
     lora_alpha: int = _f(32, "LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = _f(0.05, "Dropout on the LoRA input.")
     lora_target_modules: list[str] = _f(["all-linear"], "Module names to adapt, or all-linear.")
+    lora_modules_to_save: list[str] = _f(
+        [], "LLM modules trained in full and saved with the adapter (e.g. lm_head, embed_tokens)."
+    )
     load_in_4bit: bool = _f(
         False, "QLoRA: load the LLM in 4-bit nf4 with double quantization (bitsandbytes)."
     )

@@ -45,9 +45,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin in (list, tuple):
         (item_tp, *_) = typing.get_args(base) or (Any,)
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v != ""]
+            value = [value]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expects a list, got {value!r}")
+        # "a,b" means two items, in YAML and on the command line alike.
+        value = [p for v in value for p in (v.split(",") if isinstance(v, str) else [v]) if p != ""]
         return [_coerce(v, item_tp, where) for v in value]
     if origin is dict or base is dict:
         if not isinstance(value, dict):

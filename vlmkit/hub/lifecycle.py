@@ -70,8 +70,11 @@ model, processor = load_vlm("{path}")
 Command line: `vlmkit generate {path} --image example.png --prompt "What digit is this?"`"""
 
 
-def write_vlm_card(out_dir: Path, cfg, model, metrics: dict, *, stage: str) -> Path:
-    """Model card for a VLM checkpoint: bases, connector, data, lineage, metrics and how to load it."""
+def write_vlm_card(out_dir: Path, cfg, model, metrics: dict, *, stage: str, usage: str | None = None) -> Path:
+    """Model card for a VLM checkpoint: bases, connector, data, lineage, metrics and how to load it.
+
+    `usage` replaces the default loading snippet; `{path}` in it becomes the repository or directory.
+    """
     config = model.config
     lineage = list(config.lineage) + [{"stage": stage, "output_dir": str(Path(out_dir).resolve())}]
     name = cfg.hub_model_id or Path(out_dir).name
@@ -86,6 +89,6 @@ def write_vlm_card(out_dir: Path, cfg, model, metrics: dict, *, stage: str) -> P
         data=data_summary(cfg),
         metrics=metrics,
         lineage=lineage,
-        usage=USAGE.format(path=cfg.hub_model_id or out_dir),
+        usage=(usage or USAGE).format(path=cfg.hub_model_id or out_dir),
         is_adapter=model.is_peft,
     )

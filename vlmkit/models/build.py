@@ -81,7 +81,7 @@ def apply_lora(model: VLM, lora) -> VLM:
     target = "all-linear" if targets == ["all-linear"] else targets
     config = LoraConfig(
         r=lora.lora_r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout, target_modules=target,
-        task_type="CAUSAL_LM",
+        modules_to_save=list(getattr(lora, "lora_modules_to_save", None) or []) or None, task_type="CAUSAL_LM",
     )  # fmt: skip
     model.language_model = get_peft_model(lm, config)
     return model
@@ -95,7 +95,7 @@ def build_vlm(args, lora=None, *, is_trainable: bool = True) -> tuple[VLM, VLMPr
     if load_in_4bit and not (lora and lora.use_lora):
         raise ValueError("load_in_4bit (QLoRA) trains LoRA adapters: add --use_lora")
     if args.model_name_or_path:
-        path = resolve_model_path(args.model_name_or_path)
+        path = _local_or_name(resolve_model_path(args.model_name_or_path))  # adapters record absolute paths
         if not (Path(path) / "vlmkit_config.json").is_file():
             raise FileNotFoundError(
                 f"--model_name_or_path {args.model_name_or_path}: not a vlmkit checkpoint (no vlmkit_config.json). "
@@ -113,9 +113,30 @@ def build_vlm(args, lora=None, *, is_trainable: bool = True) -> tuple[VLM, VLMPr
         model.config.lineage = list(model.config.lineage) + [{"parent": str(Path(path).resolve())}]
     else:
         model, processor = _build_from_parts(args, attn, load_in_4bit, trust)
+    if getattr(args, "use_liger_kernel", False):
+        apply_liger_kernel(model)
     if lora and lora.use_lora and not model.is_peft:
         model = apply_lora(model, lora)
     return model, processor
+
+
+def apply_liger_kernel(model: VLM) -> bool:
+    """Patch the LLM with Liger's Triton kernels (RMSNorm, RoPE, SwiGLU); False (with a message) off CUDA.
+
+    The fused linear cross-entropy stays off: vlmkit computes the loss from the logits itself.
+    """
+    if not torch.cuda.is_available():
+        logger.warning(
+            "use_liger_kernel: Liger kernels need a CUDA GPU; training without them on this machine"
+        )
+        return False
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise RuntimeError("use_liger_kernel needs the liger-kernel package: pip install liger-kernel")
+    from transformers.integrations.liger import apply_liger_kernel as _apply
+
+    _apply(model.language_model, {"fused_linear_cross_entropy": False, "cross_entropy": False})
+    logger.info("applied Liger kernels to the %s LLM", model.language_model.config.model_type)
+    return True
 
 
 def _build_from_parts(args, attn: str, load_in_4bit: bool, trust: bool) -> tuple[VLM, VLMProcessor]:

@@ -91,9 +91,18 @@ def _llm(arch: str, vocab_size: int, tokenizer):
 
 def _build_llm(arch: str) -> Callable[[Path], None]:
     def build(out: Path) -> None:
+        from transformers import AutoTokenizer
+
         tokenizer = build_tokenizer()
-        _llm(arch, len(tokenizer), tokenizer).save_pretrained(out)
+        model = _llm(arch, len(tokenizer), tokenizer)
+        model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        # AutoTokenizer may load the architecture's own tokenizer class, which can add tokens (Qwen2's adds
+        # <|endoftext|>); size the embeddings for the tokenizer that users of this directory will get.
+        loaded = len(AutoTokenizer.from_pretrained(out))
+        if loaded != len(tokenizer):
+            model.resize_token_embeddings(loaded, mean_resizing=False)
+            model.save_pretrained(out)
 
     return build
 

@@ -73,6 +73,17 @@ def load_connector_weights(connector: nn.Module, path: str) -> None:
         raise ValueError(f"{path}: connector weights do not fit (missing {missing}, unexpected {unexpected})")
 
 
+def _match_vocab(language_model: nn.Module, checkpoint: Path) -> None:
+    """Grow the base LLM's embeddings to the checkpoint tokenizer's size (`<image>`/pad added at build time)."""
+    from transformers import AutoTokenizer
+
+    if not (checkpoint / "tokenizer_config.json").is_file():
+        return
+    size = len(AutoTokenizer.from_pretrained(checkpoint))
+    if language_model.get_input_embeddings().num_embeddings < size:
+        language_model.resize_token_embeddings(size, mean_resizing=False)
+
+
 class VLM(nn.Module):
     """Encoder + connector + causal LM. Media features replace the `<image>`/`<audio>` token embeddings."""
 
@@ -130,6 +141,17 @@ class VLM(nn.Module):
         return cls(config, encoder, conn, language_model)
 
     # ---- forward ------------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> VLM:
+        """Like `nn.Module.train`, but a frozen encoder stays in eval mode.
+
+        A frozen tower must give the same features in training as at inference: wav2vec2 in train mode
+        would apply SpecAugment time masks, LayerDrop and dropout to its outputs.
+        """
+        super().train(mode)
+        if mode and not any(p.requires_grad for p in self.encoder.parameters()):
+            self.encoder.eval()
+        return self
+
     def encode_media(self, media: torch.Tensor) -> torch.Tensor:
         """Pixel values (n, C, H, W) or audio (n, L) -> connector outputs (n, M, D_llm)."""
         trainable = any(p.requires_grad for p in self.encoder.parameters())
@@ -205,10 +227,13 @@ class VLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         media: torch.Tensor | None = None,
+        media_features: torch.Tensor | None = None,
         **generate_kwargs,
     ) -> torch.Tensor:
-        """Batched generation with the KV cache; inputs must be left-padded. Returns new tokens (B, T_new)."""
-        embeds = self.embed(input_ids, media)
+        """Batched generation with the KV cache; inputs must be left-padded. Returns new tokens (B, T_new).
+
+        `media_features` (n, N, D_enc) are cached encoder outputs, as in `embed`."""
+        embeds = self.embed(input_ids, media, media_features)
         return self.language_model.generate(
             inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs
         )
@@ -281,6 +306,7 @@ class VLM(nn.Module):
 
             base_path = json.loads((lm_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
             base = AutoModelForCausalLM.from_pretrained(base_path, **lm_kwargs)
+            _match_vocab(base, path)  # tokens added when the VLM was built (saved in the adapter)
             language_model = PeftModel.from_pretrained(base, lm_dir, is_trainable=is_trainable)
         else:
             language_model = AutoModelForCausalLM.from_pretrained(lm_dir, **lm_kwargs)

@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the whole chain (stage 0 to PPO), skipping complete stages; writes report.md/html."""
     from vlmkit.pipeline.runner import run_pipeline
     from vlmkit.pipeline.spec import load_pipeline
 

@@ -42,7 +42,7 @@ def set_trainable(
         lm = model.language_model
         if hasattr(lm, "peft_config"):
             for name, p in lm.named_parameters():
-                p.requires_grad_("lora_" in name)
+                p.requires_grad_("lora_" in name or "modules_to_save" in name)
         else:
             lm.requires_grad_(True)
         if tune_encoder:

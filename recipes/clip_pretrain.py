@@ -1,0 +1,134 @@
+"""Stage 0 (CLIP): pretrain an image encoder against captions with the symmetric InfoNCE loss.
+
+    python recipes/clip_pretrain.py --config recipes/configs/digits_clip.yaml
+    accelerate launch --num_processes 2 recipes/clip_pretrain.py --config recipes/configs/digits_clip.yaml
+    accelerate launch --config_file accelerate_configs/multi_gpu.yaml recipes/clip_pretrain.py \
+        --model_name_or_path openai/clip-vit-base-patch32 --lock_text_tower true \
+        --data_path captions.jsonl --image_folder images/ --output_dir out/clip
+
+Under several processes the negatives are the global batch (features are all-gathered with gradients).
+Writes a `CLIPModel` checkpoint with its caption tokenizer and image processor, config.yaml, metrics.json
+(eval_zero_shot_accuracy and image/text retrieval R@1/R@5 on held-out images), train_log.jsonl, loss.png
+and README.md into --output_dir. Stage 1 takes that directory as it is:
+
+    python recipes/llava_stage1.py --config recipes/configs/digits_llava_stage1.yaml --vision_tower outputs/digits/clip
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from vlmkit.config.parser import parse_config
+from vlmkit.config.ssl_image import ClipConfig
+from vlmkit.data.embedded import resolve_data_path
+from vlmkit.data.loading import subsample
+from vlmkit.data.records import SkipCounter
+from vlmkit.hub.lifecycle import data_summary, maybe_check_hub, maybe_push
+from vlmkit.hub.model_card import write_model_card
+from vlmkit.ssl.clip_model import (
+    ClipDualEncoder,
+    build_caption_tokenizer,
+    build_clip_model,
+    clip_compute_loss,
+    clip_image_processor,
+    evaluate_clip,
+    lock_text_tower,
+)
+from vlmkit.ssl.image_data import ClipCollator, ImageRecordDataset, read_image_records
+from vlmkit.training.accelerator import make_accelerator
+from vlmkit.training.loop import train
+from vlmkit.training.run import finish_run, save_model, setup_run
+
+USAGE = """from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+model = CLIPModel.from_pretrained("{path}")
+tokenizer = AutoTokenizer.from_pretrained("{path}")
+image_processor = AutoImageProcessor.from_pretrained("{path}", backend="pil")
+# as a stage-1 vision tower: python recipes/llava_stage1.py ... --vision_tower {path}"""
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(ClipConfig, argv, prog="clip_pretrain", description=__doc__)
+    started = time.perf_counter()
+    maybe_check_hub(cfg)
+    accelerator = make_accelerator(
+        output_dir=cfg.output_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision, report_to=cfg.report_to,
+    )  # fmt: skip
+    out = setup_run(cfg, accelerator)
+
+    skips = SkipCounter()
+    read = dict(image_folder=cfg.image_folder, allow_outside_root=cfg.allow_outside_media_root, skips=skips)
+    train_records = read_image_records(
+        cfg.data_path, need_caption=True, on_bad_sample=cfg.on_bad_sample, **read
+    )
+    if cfg.model_name_or_path:
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model_name_or_path)
+        image_processor = AutoImageProcessor.from_pretrained(cfg.model_name_or_path, backend="pil")
+    else:  # a new model: its tokenizer learns the training captions (byte-level, so nothing is unknown)
+        captions = [r.caption for r in train_records]
+        tokenizer = build_caption_tokenizer(captions, cfg.text_vocab_size, cfg.max_text_length)
+        image_processor = clip_image_processor(cfg.image_size)
+    clip = build_clip_model(cfg, tokenizer)
+    if cfg.lock_text_tower:
+        lock_text_tower(clip)
+    model = ClipDualEncoder(clip)
+
+    train_set = ImageRecordDataset(
+        train_records, image_processor, on_bad_sample=cfg.on_bad_sample, skips=skips
+    )
+    collate = ClipCollator(tokenizer, cfg.max_text_length)
+    result = train(cfg, accelerator, model, train_set, collate, clip_compute_loss, count_items=lambda b: 1)
+
+    save_model(accelerator, result.model, tokenizer, out)
+    metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
+    if accelerator.is_main_process:
+        image_processor.save_pretrained(out)
+        clip = accelerator.unwrap_model(result.model).clip
+        if cfg.eval_data_path:
+            metrics.update(evaluate(cfg, clip, tokenizer, image_processor, skips))
+        metrics = finish_run(out, metrics, started=started, title="clip_pretrain", skips=skips)
+        write_model_card(
+            out, title=f"{cfg.hub_model_id or out.name} (stage 0 CLIP)",
+            base_encoder=cfg.model_name_or_path or "new CLIP (ViT + text transformer)",
+            base_language_model="none (text tower of the dual encoder)", connector="none (projection heads)",
+            stage="stage 0 (CLIP)", parent_checkpoint=cfg.model_name_or_path, data=data_summary(cfg),
+            metrics=metrics, lineage=[{"stage": "stage 0 (CLIP)", "output_dir": str(out.resolve())}],
+            usage=USAGE.format(path=cfg.hub_model_id or out), tags=("vlmkit", "clip", "vision"),
+            pipeline_tag="zero-shot-image-classification",
+        )  # fmt: skip
+        maybe_push(cfg, out)
+    accelerator.end_training()
+    return metrics
+
+
+def evaluate(cfg: ClipConfig, clip, tokenizer, image_processor, skips: SkipCounter) -> dict:
+    """Zero-shot classification (unseen templates) and retrieval on the held-out records."""
+    records = read_image_records(
+        cfg.eval_data_path, cfg.image_folder, need_caption=True, need_label=cfg.zero_shot_templates is not None,
+        allow_outside_root=cfg.allow_outside_media_root, on_bad_sample=cfg.on_bad_sample, skips=skips,
+    )  # fmt: skip
+    records = subsample(records, cfg.max_eval_samples, cfg.seed)
+    dataset = ImageRecordDataset(records, image_processor, on_bad_sample=cfg.on_bad_sample, skips=skips)
+    items = [item for item in dataset if item is not None]
+    pixels = torch.stack([item["pixel_values"] for item in items])
+    captions = [item["caption"] for item in items]
+    templates, classnames, labels = [], [], None
+    if cfg.zero_shot_templates:
+        spec = json.loads(Path(resolve_data_path(cfg.zero_shot_templates)).read_text(encoding="utf-8"))
+        templates, classnames = spec["templates"], spec["classnames"]
+        labels = torch.tensor([item["label"] for item in items])
+    return evaluate_clip(
+        clip, tokenizer, pixels, captions, labels, templates, classnames,
+        max_length=cfg.max_text_length, batch_size=cfg.per_device_eval_batch_size,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

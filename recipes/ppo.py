@@ -1,0 +1,89 @@
+"""Stage 4 (RLHF): PPO with a per-token KL penalty against the frozen starting policy, for image and audio VLMs.
+
+    # verifiable reward on the embedded digits (1 when the answer is right), from a stage-2 policy:
+    python recipes/ppo.py --config recipes/configs/digits_ppo.yaml --model_name_or_path outputs/digits/llava_stage2
+    # a stage-3 reward model instead, and a critic initialised from it:
+    accelerate launch recipes/ppo.py --config recipes/configs/digits_ppo.yaml \
+        --model_name_or_path outputs/digits/llava_stage2 --reward_function none \
+        --reward_model_name_or_path outputs/digits/reward_model --value_model reward_model
+    # LoRA policy (the reference is the same weights with the adapters off) under DeepSpeed ZeRO-3:
+    accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml recipes/ppo.py \
+        --config recipes/configs/digits_ppo.yaml --model_name_or_path outputs/digits/llava_stage2 --use_lora true
+    # audio: the same recipe on a spoken-digits stage-2 policy
+    python recipes/ppo.py --config recipes/configs/digits_ppo.yaml --model_name_or_path outputs/spoken/llava_stage2 \
+        --data_path vlmkit-data/spoken_digits/audio_prompts_train.json \
+        --eval_data_path vlmkit-data/spoken_digits/audio_prompts_eval.json
+
+Writes the policy (or its LoRA adapter + connector) in from_pretrained form, value_model/, config.yaml,
+metrics.json (eval_reward, eval_kl, eval_accuracy and the same measured on the starting policy: *_before),
+train_log.jsonl (score, reward, KL, KL coefficient, entropy, clip fraction, approx-KL, value loss, explained
+variance, response length, rollout/update seconds per step), loss.png and README.md into --output_dir.
+"""
+
+from __future__ import annotations
+
+import time
+
+from vlmkit.config.parser import parse_config
+from vlmkit.config.ppo import PPOConfig
+from vlmkit.data.loading import read_samples, subsample
+from vlmkit.data.records import SkipCounter
+from vlmkit.hub.lifecycle import maybe_check_hub, maybe_push, write_vlm_card
+from vlmkit.models.build import build_vlm
+from vlmkit.rlhf.ppo_trainer import PPOTrainer
+from vlmkit.rlhf.rewards import build_reward
+from vlmkit.rlhf.value_model import build_actor_critic, frozen_reference, prepare_frozen
+from vlmkit.training.accelerator import make_accelerator
+from vlmkit.training.reporting import LOG_FILE, PLOT_FILE, plot_loss
+from vlmkit.training.run import finish_run, setup_run
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(PPOConfig, argv, prog="ppo", description=__doc__)
+    started = time.perf_counter()
+    maybe_check_hub(cfg)
+    accelerator = make_accelerator(
+        output_dir=cfg.output_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision, report_to=cfg.report_to,
+    )  # fmt: skip
+    out = setup_run(cfg, accelerator)
+
+    # Policy (full or LoRA), the frozen reference it started from, and the value model.
+    policy, processor = build_vlm(cfg, cfg)
+    reference = frozen_reference(policy, lambda: build_vlm(cfg, None, is_trainable=False)[0], accelerator)
+    model = build_actor_critic(
+        policy, cfg.value_model, critic_path=cfg.value_model_name_or_path or cfg.reward_model_name_or_path, lora=cfg
+    )  # fmt: skip
+
+    # Reward: a stage-3 reward model and/or a Python function of the decoded answers (summed).
+    reward = build_reward(cfg, prepare=lambda frozen: prepare_frozen(frozen, accelerator))
+
+    skips = SkipCounter()
+    prompts = read_samples(cfg, cfg.data_path, skips)
+    eval_prompts = []
+    if cfg.eval_data_path:
+        eval_prompts = subsample(read_samples(cfg, cfg.eval_data_path, skips), cfg.max_eval_samples, cfg.seed)
+    trainer = PPOTrainer(cfg, accelerator, model, processor, reward, prompts, reference=reference)
+
+    before = trainer.evaluate(eval_prompts) if eval_prompts else {}  # the starting policy (= the reference)
+    result = trainer.train()
+    trainer.save(out)
+
+    metrics = {"global_step": result.global_step}
+    if result.history:
+        metrics.update(train_score=result.history[-1]["score_mean"], train_kl=result.history[-1]["kl"])
+    if eval_prompts:
+        after = trainer.evaluate(eval_prompts)
+        metrics.update({f"eval_{k}": v for k, v in after.items()})
+        metrics.update({f"eval_{k}_before": before[k] for k in ("accuracy", "reward")})
+    if accelerator.is_main_process:
+        metrics = finish_run(out, metrics, started=started, title="ppo", skips=skips)
+        plot_loss(out / LOG_FILE, out / PLOT_FILE, title="ppo", keys=("score_mean", "kl", "loss"))
+        write_vlm_card(out, cfg, trainer.bare.policy, metrics, stage="stage 4 (PPO)")
+        maybe_push(cfg, out)
+    accelerator.end_training()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

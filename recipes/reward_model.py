@@ -1,0 +1,75 @@
+"""Stage 3 (reward): a stage-2 VLM + a scalar head trained on preference pairs (Bradley-Terry).
+
+    accelerate launch recipes/reward_model.py --config recipes/configs/digits_reward_model.yaml \
+        --model_name_or_path outputs/digits/llava_stage2
+    python recipes/reward_model.py --config recipes/configs/digits_reward_model.yaml --use_lora true
+    # your own pairs (rows: prompt, chosen, rejected, images):
+    accelerate launch --config_file accelerate_configs/deepspeed_zero2.yaml recipes/reward_model.py \
+        --model_name_or_path out/stage2 --data_path prefs.jsonl --eval_data_path prefs_eval.jsonl \
+        --image_folder images/ --output_dir out/reward
+
+Writes the reward model (VLM layout + score_head.safetensors; load it with
+`vlmkit.rlhf.reward_model.load_reward_model`), config.yaml, metrics.json (eval_pairwise_accuracy,
+eval_mean_margin, eval_loss), train_log.jsonl, loss.png and README.md into --output_dir.
+"""
+
+from __future__ import annotations
+
+import time
+
+from vlmkit.config.parser import parse_config
+from vlmkit.config.rlhf import RewardModelConfig
+from vlmkit.data.preference import PreferenceCollator, count_pairs, preference_dataset
+from vlmkit.data.records import SkipCounter
+from vlmkit.hub.lifecycle import maybe_check_hub, maybe_push, write_vlm_card
+from vlmkit.rlhf.reward_model import REWARD_USAGE, RewardLoss, build_reward_model, evaluate_pairs
+from vlmkit.training.accelerator import make_accelerator
+from vlmkit.training.freeze import set_trainable
+from vlmkit.training.loop import train
+from vlmkit.training.run import finish_run, save_model, setup_run
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(RewardModelConfig, argv, prog="reward_model", description=__doc__)
+    started = time.perf_counter()
+    maybe_check_hub(cfg)
+    accelerator = make_accelerator(
+        output_dir=cfg.output_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision, report_to=cfg.report_to,
+    )  # fmt: skip
+    out = setup_run(cfg, accelerator)
+
+    model, processor = build_reward_model(cfg, cfg)
+    # With LoRA only the adapters and the head train; otherwise the connector and LLM too.
+    set_trainable(model, "reward", tune_encoder=cfg.tune_encoder, tune_connector=not cfg.use_lora)
+    lr_overrides = {"score_head.": cfg.head_learning_rate} if cfg.head_learning_rate else None
+
+    skips = SkipCounter()
+    train_set = preference_dataset(cfg, cfg.data_path, processor, skips)
+    collate = PreferenceCollator(processor.tokenizer.pad_token_id)
+    loss_fn = RewardLoss(margin=cfg.margin, center_coef=cfg.center_rewards_coefficient)
+    result = train(
+        cfg, accelerator, model, train_set, collate, loss_fn, count_items=count_pairs,
+        lr_overrides=lr_overrides,
+    )  # fmt: skip
+    model = result.model
+
+    save_model(accelerator, model, processor, out)
+    metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        if cfg.eval_data_path:
+            eval_set = preference_dataset(
+                cfg, cfg.eval_data_path, processor, skips, limit=cfg.max_eval_samples
+            )
+            scores = evaluate_pairs(unwrapped, eval_set, collate, cfg.per_device_eval_batch_size)
+            metrics.update({f"eval_{k}": v for k, v in scores.items()})
+        metrics = finish_run(out, metrics, started=started, title="reward_model", skips=skips)
+        write_vlm_card(out, cfg, unwrapped, metrics, stage="stage 3 (reward model)", usage=REWARD_USAGE)
+        maybe_push(cfg, out)
+    accelerator.end_training()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Stage 0 (speech): wav2vec 2.0 self-supervised pretraining of an audio encoder.
+
+    python recipes/wav2vec2_pretrain.py --config recipes/configs/spoken_digits_wav2vec2.yaml
+    accelerate launch recipes/wav2vec2_pretrain.py --config recipes/configs/spoken_digits_wav2vec2.yaml
+    python recipes/wav2vec2_pretrain.py --data_path my_clips.json --eval_data_path my_eval.json \
+        --hidden_size 768 --num_hidden_layers 12 --num_attention_heads 12 --intermediate_size 3072 \
+        --conv_dim 512,512,512,512,512,512,512 --codevector_dim 256 --proj_codevector_dim 256 \
+        --num_codevectors_per_group 320 --mask_length 10 --num_negatives 100 --output_dir out/wav2vec2
+    # then stage 1 on the new encoder:
+    python recipes/llava_stage1.py --config recipes/configs/spoken_digits_audio_stage1.yaml \
+        --audio_tower outputs/spoken_digits/wav2vec2
+
+The convolutional feature encoder turns audio into latent frames; spans of frames are masked before
+the transformer, which must pick the Gumbel-quantized target of each masked frame among distractors
+from the same clip (contrastive loss), while a diversity loss keeps the codebooks in use.
+Writes into --output_dir: the encoder (a Wav2Vec2ForPreTraining checkpoint whose Wav2Vec2Model loads
+with from_pretrained, plus its feature extractor), config.yaml, metrics.json (eval_linear_probe_accuracy
+on a held-out accent against eval_linear_probe_accuracy_random_init, eval_codebook_perplexity),
+train_log.jsonl (contrastive/diversity loss, perplexity, temperature per step), loss.png and README.md.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from statistics import mean
+
+from torch.utils.data import DataLoader
+
+from vlmkit.config.parser import parse_config
+from vlmkit.config.ssl_audio import Wav2Vec2PretrainConfig
+from vlmkit.hub.lifecycle import data_summary, maybe_check_hub, maybe_push
+from vlmkit.hub.model_card import write_model_card
+from vlmkit.ssl.audio_data import AudioClipDataset, collate_clips
+from vlmkit.ssl.wav2vec2_pretraining import (
+    Wav2Vec2PretrainingStep,
+    build_feature_extractor,
+    build_pretraining_model,
+    probe_metrics,
+    random_init_like,
+    save_pretrained_encoder,
+)
+from vlmkit.training.accelerator import make_accelerator
+from vlmkit.training.loop import train
+from vlmkit.training.run import finish_run, setup_run
+
+USAGE = """from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+encoder = Wav2Vec2Model.from_pretrained("{path}")
+feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained("{path}")
+# stage 1: python recipes/llava_stage1.py --config recipes/configs/spoken_digits_audio_stage1.yaml \\
+#     --audio_tower {path}"""
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(Wav2Vec2PretrainConfig, argv, prog="wav2vec2_pretrain", description=__doc__)
+    started = time.perf_counter()
+    maybe_check_hub(cfg)
+    accelerator = make_accelerator(
+        output_dir=cfg.output_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision, report_to=cfg.report_to,
+    )  # fmt: skip
+    out = setup_run(cfg, accelerator)
+
+    model = build_pretraining_model(cfg)
+    feature_extractor = build_feature_extractor(cfg.model_name_or_path, cfg.sampling_rate)
+    clips = dict(
+        num_samples=cfg.audio_samples, audio_folder=cfg.audio_folder,
+        allow_outside_root=cfg.allow_outside_media_root,
+    )  # fmt: skip
+    train_set = AudioClipDataset(cfg.data_path, feature_extractor, **clips)
+    step = Wav2Vec2PretrainingStep(
+        mask_prob=cfg.mask_prob, mask_length=cfg.mask_length, min_masks=cfg.min_masks,
+        num_negatives=cfg.num_negatives, contrastive_temperature=cfg.contrastive_temperature,
+        diversity_weight=cfg.diversity_loss_weight, max_temperature=cfg.max_gumbel_temperature,
+        min_temperature=cfg.min_gumbel_temperature, temperature_decay=cfg.gumbel_temperature_decay,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, seed=cfg.seed + accelerator.process_index,
+    )  # fmt: skip
+    result = train(
+        cfg, accelerator, model, train_set, collate_clips, step,
+        count_items=lambda batch: 1, extra_state={"wav2vec2_step": step},
+    )  # fmt: skip
+    model = result.model
+
+    state_dict = accelerator.get_state_dict(model)  # collective under ZeRO-3 / FSDP
+    if accelerator.is_main_process:
+        save_pretrained_encoder(
+            accelerator.unwrap_model(model), feature_extractor, out, state_dict=state_dict
+        )
+    accelerator.wait_for_everyone()
+
+    # contrastive loss over the first and last tenth of the run shows whether it fell
+    window = max(1, len(result.history) // 10)
+    losses = [r["contrastive_loss"] for r in result.history]
+    metrics = {
+        "train_loss": result.history[-1]["loss"],
+        "train_contrastive_loss_start": mean(losses[:window]),
+        "train_contrastive_loss_end": mean(losses[-window:]),
+        "global_step": result.global_step,
+    }
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        loaders = [
+            DataLoader(
+                AudioClipDataset(path, feature_extractor, **clips),
+                batch_size=cfg.per_device_eval_batch_size,
+                collate_fn=collate_clips,
+            )
+            for path in (cfg.data_path, cfg.eval_data_path)
+        ]
+        metrics.update(
+            probe_metrics(
+                unwrapped,
+                random_init_like(unwrapped, cfg.seed),
+                *loaders,
+                layer=cfg.probe_layer,
+                c=cfg.probe_c,
+                seed=cfg.seed,
+            )  # fmt: skip
+        )
+        metrics = finish_run(out, metrics, started=started, title="wav2vec2_pretrain")
+        write_model_card(
+            out, title=f"{cfg.hub_model_id or Path(out).name} (stage 0, wav2vec 2.0)",
+            base_encoder=cfg.model_name_or_path or "new (random init)", base_language_model="none",
+            connector="none", stage="stage 0 (wav2vec2 pretraining)", parent_checkpoint=cfg.model_name_or_path,
+            data=data_summary(cfg), metrics=metrics,
+            lineage=[{"stage": "stage 0 (wav2vec2 pretraining)", "output_dir": str(Path(out).resolve())}],
+            usage=USAGE.format(path=cfg.hub_model_id or out), pipeline_tag="feature-extraction",
+        )  # fmt: skip
+        maybe_push(cfg, out)
+    accelerator.end_training()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The main job end to end: `vlmkit pipeline` on the embedded default, every stage's held-out metric asserted;
+and a pipeline killed mid-stage resumes to the same result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _vlmkit(*args: str, **kwargs) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "vlmkit", *args]
+    return subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs
+    )
+
+
+def _metrics(root: Path, stage: str) -> dict:
+    return json.loads((root / stage / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, vlmkit_session_env) -> tuple[Path, str]:
+    """The default pipeline config, as the README runs it (output directory moved into tmp)."""
+    out = tmp_path_factory.mktemp("pipeline")
+    proc = _vlmkit("pipeline", "--config", "recipes/configs/pipeline_digits.yaml", "--output_dir", str(out))
+    stdout, _ = proc.communicate(timeout=1800)
+    assert proc.returncode == 0, stdout[-4000:]
+    return out, stdout
+
+
+@pytest.mark.slow
+def test_every_stage_learns(pipeline_run):
+    root, stdout = pipeline_run
+    assert _metrics(root, "clip")["eval_zero_shot_accuracy"] >= 0.85
+    assert _metrics(root, "stage2")["eval_accuracy"] >= 0.90
+    assert _metrics(root, "reward_model")["eval_pairwise_accuracy"] >= 0.95
+    ppo = _metrics(root, "ppo")
+    assert ppo["eval_reward"] > ppo["eval_reward_before"]
+    assert ppo["eval_accuracy"] > ppo["eval_accuracy_before"]
+    assert ppo["eval_kl"] <= 2 * yaml.safe_load((root / "ppo" / "config.yaml").read_text())["kl_target"]
+    assert _metrics(root, "audio_stage2")["eval_accuracy"] >= 0.30  # chance is 0.10
+    # One summary line per stage, then the report.
+    for stage in (
+        "clip",
+        "stage1",
+        "stage2",
+        "reward_model",
+        "stage2_weak",
+        "ppo",
+        "wav2vec2",
+        "audio_stage1",
+    ):
+        assert f"[{stage}] " in stdout
+    assert (root / "report.html").is_file() and (root / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_lineage_is_recorded(pipeline_run):
+    root, _ = pipeline_run
+    stage2_card = (root / "stage2" / "README.md").read_text()
+    assert str((root / "stage1").resolve()) in stage2_card  # parent checkpoint
+    assert "sha256" in stage2_card  # data fingerprint
+    config = json.loads((root / "stage2" / "vlmkit_config.json").read_text())
+    assert any(str(root / "stage1") in json.dumps(entry) for entry in config["lineage"])
+
+
+@pytest.mark.slow
+def test_rerun_skips_complete_stages(pipeline_run):
+    root, _ = pipeline_run
+    before = {p: p.stat().st_mtime for p in root.glob("*/metrics.json")}
+    proc = _vlmkit("pipeline", "--config", "recipes/configs/pipeline_digits.yaml", "--output_dir", str(root))
+    stdout, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stdout[-3000:]
+    assert stdout.count("skipped: already complete") == len(before)
+    assert {p: p.stat().st_mtime for p in root.glob("*/metrics.json")} == before
+
+
+def _small_pipeline(tmp: Path, out: Path) -> Path:
+    spec = {
+        "output_dir": str(out),
+        "seed": 3,
+        "stages": [
+            {
+                "name": "stage1", "recipe": "llava_stage1", "config": "recipes/configs/digits_llava_stage1.yaml",
+                "args": {"max_steps": 20, "report_to": "none"},
+            },
+            {
+                "name": "stage2", "recipe": "llava_stage2", "config": "recipes/configs/digits_llava_stage2.yaml",
+                "args": {
+                    "model_name_or_path": "{stage1}", "max_steps": 40, "save_steps": 5, "report_to": "none",
+                    "max_eval_samples": 40,
+                },
+                "headline": "eval_accuracy",
+            },
+        ],
+    }  # fmt: skip
+    path = tmp / "small.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.slow
+def test_killed_pipeline_resumes_to_the_same_metrics(tmp_path: Path, vlmkit_session_env):
+    reference = tmp_path / "reference"
+    proc = _vlmkit("pipeline", "--config", str(_small_pipeline(tmp_path, reference)))
+    stdout, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stdout[-3000:]
+
+    interrupted = tmp_path / "interrupted"
+    config = str(_small_pipeline(tmp_path, interrupted))
+    proc = _vlmkit("pipeline", "--config", config, start_new_session=True)
+    deadline = time.time() + 900
+    while not list((interrupted / "stage2").glob("checkpoint-*")):
+        assert proc.poll() is None and time.time() < deadline, "stage 2 never wrote a checkpoint"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the pipeline and its running stage, mid-stage
+    proc.wait()
+    assert not (interrupted / "stage2" / "metrics.json").exists()
+
+    proc = _vlmkit("pipeline", "--config", config)
+    stdout, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stdout[-3000:]
+    assert "[stage1]" in stdout and "skipped: already complete" in stdout
+    resumed_log = (interrupted / "stage2" / "stage.log").read_text()
+    assert "resumed from" in resumed_log
+    a, b = _metrics(reference, "stage2"), _metrics(interrupted, "stage2")
+    assert a["eval_accuracy"] == b["eval_accuracy"]
+    assert abs(a["eval_loss"] - b["eval_loss"]) < 1e-5

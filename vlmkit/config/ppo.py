@@ -1,0 +1,96 @@
+"""Config of the PPO recipe (stage 4): rollouts, rewards, KL penalty, value model and PPO updates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vlmkit.config.args import DataArgs, HubArgs, LoraArgs, ModelArgs, OptimArgs, RunArgs, _f
+
+VALUE_MODELS = ("policy_head", "reward_model")
+
+
+@dataclass
+class PPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
+    """Stage 4 (RLHF): PPO with a per-token KL penalty against the frozen starting policy.
+
+    One PPO step samples `rollout_batch_size` = per_device_train_batch_size x gradient_accumulation_steps x
+    num_mini_batches responses per process, scores them, then runs `num_ppo_epochs` passes of
+    `num_mini_batches` optimizer steps over them. `max_steps` counts PPO steps.
+    """
+
+    # ---- rewards ----
+    reward_model_name_or_path: str | None = _f(
+        None, "A stage-3 reward model directory that scores the responses (added to reward_function if both)."
+    )
+    reward_function: str | None = _f(
+        None,
+        "A Python reward instead of a reward model, 'module:function' (e.g. vlmkit.rlhf.rewards:digit_match), "
+        "called as fn(completions=, references=, prompts=) -> list of floats.",
+    )
+    missing_eos_penalty: float = _f(
+        0.0, "Subtracted from the score of responses that never emit EOS (0: off)."
+    )
+    # ---- value model ----
+    value_model: str = _f(
+        "policy_head",
+        "policy_head: a value head on the policy's last hidden state (shared backbone); reward_model: a separate "
+        "critic initialised from the reward model (or --value_model_name_or_path).",
+    )
+    value_model_name_or_path: str | None = _f(
+        None, "Critic initialisation for value_model=reward_model (default: the reward model)."
+    )
+    value_learning_rate: float | None = _f(None, "Learning rate of the value model (default: learning_rate).")
+    vf_coef: float = _f(0.1, "Weight of the value loss in the total loss.")
+    # ---- rollouts ----
+    max_new_tokens: int = _f(8, "Tokens generated per response, in rollouts and evaluation.")
+    temperature: float = _f(1.0, "Sampling temperature of rollouts (the log-probs use the same temperature).")
+    top_p: float = _f(1.0, "Nucleus sampling of rollouts (1.0: off).")
+    # ---- KL penalty ----
+    kl_estimator: str = _f("k1", "Per-token KL estimator in the reward: k1 (log-ratio) or k3 (always >= 0).")
+    kl_controller: str = _f("adaptive", "fixed or adaptive (Ziegler et al. 2019) KL coefficient.")
+    init_kl_coef: float = _f(0.05, "Initial (fixed: constant) KL coefficient; 0 disables the penalty.")
+    kl_target: float = _f(6.0, "Adaptive controller: target KL per response (summed over its tokens).")
+    kl_horizon: int = _f(10000, "Adaptive controller: horizon in responses.")
+    # ---- PPO update ----
+    num_ppo_epochs: int = _f(4, "Passes over each rollout batch.")
+    num_mini_batches: int = _f(1, "Optimizer steps per pass over a rollout batch.")
+    cliprange: float = _f(0.2, "Policy ratio clip range (epsilon).")
+    cliprange_value: float = _f(0.2, "How far values may move from their rollout values before clipping.")
+    gamma: float = _f(1.0, "Discount factor of GAE.")
+    lam: float = _f(0.95, "Lambda of GAE.")
+    whiten_advantages: bool = _f(
+        True, "Normalise advantages to zero mean and unit variance per rollout batch."
+    )
+    # ---- overridden defaults ----
+    learning_rate: float = _f(1e-5, "Peak learning rate of the policy.")
+    lr_scheduler_type: str = _f("constant", "cosine, linear or constant (each after warm-up).")
+    warmup_ratio: float = _f(0.0, "Fraction of PPO steps for linear warm-up.")
+    max_steps: int = _f(100, "PPO steps (one rollout batch + its updates each).")
+    logging_steps: int = _f(1, "Log every N PPO steps.")
+    max_eval_samples: int = _f(0, "Evaluate on at most this many held-out prompts (0: all).")
+    data_format: str = _f("prompts", "Prompt rows for RL: prompt, images/audios and an optional answer.")
+
+    @property
+    def rollout_batch_size(self) -> int:
+        """Responses sampled per process per PPO step."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
+
+    def __post_init__(self) -> None:
+        if self.reward_model_name_or_path is None and self.reward_function is None:
+            raise ValueError("give a reward: --reward_model_name_or_path and/or --reward_function")
+        if self.value_model not in VALUE_MODELS:
+            raise ValueError(
+                f"value_model must be one of {', '.join(VALUE_MODELS)}; got '{self.value_model}'"
+            )
+        if self.value_model == "reward_model" and not (
+            self.value_model_name_or_path or self.reward_model_name_or_path
+        ):
+            raise ValueError(
+                "value_model=reward_model initialises the critic from a reward model: give "
+                "--reward_model_name_or_path or --value_model_name_or_path (or use value_model=policy_head)"
+            )
+        for name in ("num_ppo_epochs", "num_mini_batches", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"need temperature > 0 and 0 < top_p <= 1; got {self.temperature}, {self.top_p}")

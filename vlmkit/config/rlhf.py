@@ -1,0 +1,41 @@
+"""Configs of the reward-model (stage 3) and DPO recipes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vlmkit.config.args import DataArgs, HubArgs, LoraArgs, ModelArgs, OptimArgs, RunArgs, _f
+
+
+@dataclass
+class RewardModelConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
+    """Stage 3: a stage-2 VLM + a scalar head trained on preference pairs (Bradley-Terry)."""
+
+    data_format: str = _f("preference", "Preference rows: prompt, chosen, rejected, images/audios.")
+    learning_rate: float = _f(1e-4, "Peak learning rate (backbone and head).")
+    head_learning_rate: float | None = _f(None, "Separate learning rate for the score head (default: same).")
+    margin: float = _f(0.0, "Bradley-Terry margin: loss = -log sigmoid(r_chosen - r_rejected - margin).")
+    center_rewards_coefficient: float = _f(
+        0.0, "Weight of the reward-centering term mean((r_chosen + r_rejected)^2); 0 disables it."
+    )
+
+
+@dataclass
+class DPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
+    """DPO: preference optimisation of a stage-2 policy against its frozen starting point."""
+
+    data_format: str = _f("preference", "Preference rows: prompt, chosen, rejected, images/audios.")
+    learning_rate: float = _f(5e-6, "Peak learning rate of the policy.")
+    beta: float = _f(0.1, "DPO temperature: strength of the implicit KL to the reference policy.")
+    label_smoothing: float = _f(
+        0.0, "Assumed share of flipped preference labels (conservative DPO); 0 is standard DPO."
+    )
+    rpo_alpha: float = _f(
+        0.0, "Weight of the chosen answers' per-token NLL added to the DPO loss (DPO + NLL); 0 is pure DPO."
+    )
+    eval_prompts_path: str | None = _f(
+        None, "Held-out questions with reference answers (LLaVA or prompts format) for eval_accuracy."
+    )
+    eval_generation: bool = _f(
+        True, "Measure held-out answer accuracy before and after training with greedy generation."
+    )

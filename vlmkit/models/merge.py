@@ -1,0 +1,37 @@
+"""Merge a LoRA adapter into its base LLM and write a full, self-contained vlmkit checkpoint.
+
+The base LLM is loaded in its saved precision (never 4-bit, even for a QLoRA adapter), so the merged weights
+are `W + scale * B @ A` exactly; the encoder is copied into the output so nothing is referenced by path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlmkit.models.vlm import VLM
+
+
+def merge_lora(model: VLM) -> VLM:
+    """Fold the LoRA weights into the LLM (in place); a model without adapters is returned unchanged."""
+    if model.is_peft:
+        model.language_model = model.language_model.merge_and_unload()
+    return model
+
+
+def merge_checkpoint(adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Load the adapter checkpoint at `adapter_dir`, merge it, and save encoder + connector + full LLM to `out_dir`."""
+    from vlmkit.models.build import load_vlm
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "language_model" / "adapter_config.json").is_file():
+        raise ValueError(
+            f"{adapter_dir} holds no LoRA adapter (language_model/adapter_config.json is missing): nothing to "
+            "merge. A full checkpoint can be used or exported as it is."
+        )
+    model, processor = load_vlm(str(adapter_dir))
+    model = merge_lora(model)
+    model.config.lineage = list(model.config.lineage) + [{"merged_from": str(adapter_dir.resolve())}]
+    out = Path(out_dir)
+    model.save_pretrained(out, save_encoder=True)
+    processor.save_pretrained(out)
+    return out

@@ -1,0 +1,188 @@
+"""PPO rollouts: prompts (with their images or audio) in, sampled responses out, then log-probs of them.
+
+Generation is batched, left-padded and uses the KV cache (`VLM.generate`). A response ends at its first
+EOS (kept, so the policy learns to stop); everything after it becomes right padding. Shapes: B rollouts,
+P prompt tokens (left-padded), T response tokens (right-padded), V vocabulary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from vlmkit.data.records import Sample
+from vlmkit.eval.answers import left_padded_batch, prepare_prompts
+from vlmkit.models.encoders import encode
+from vlmkit.rlhf.ppo_math import logprobs_from_logits
+
+
+@dataclass
+class Rollout:
+    """Prompts and sampled responses of one batch.
+
+    query_ids, query_mask: (B, P) left-padded prompts. response_ids, response_mask: (B, T) right-padded
+    responses (mask true up to and including the first EOS). media: (n, ...) processed media of all rows
+    in order, `media_counts[b]` items for row b; media_items: the same media decoded (PIL images or float
+    arrays), so a reward model with its own media processor can prepare them. media_features: (n, N, D_enc)
+    outputs of the policy's frozen encoder, computed once per rollout and reused by every later forward
+    pass of the policy and the reference (None when the encoder trains). has_eos: (B,) bool.
+    """
+
+    query_ids: Tensor
+    query_mask: Tensor
+    response_ids: Tensor
+    response_mask: Tensor
+    has_eos: Tensor
+    media: Tensor | None
+    media_counts: list[int]
+    media_items: list
+    samples: list[Sample]
+    references: list[str | None]
+    texts: list[str] = field(default_factory=list)
+    media_features: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.query_ids.shape[0]
+
+    def select(self, rows: list[int]) -> Rollout:
+        """The sub-rollout of `rows` (for PPO mini-batches); media rows follow their prompts."""
+        starts = [0]
+        for n in self.media_counts:
+            starts.append(starts[-1] + n)
+        picks = [i for r in rows for i in range(starts[r], starts[r + 1])]
+        media = features = None
+        if self.media is not None:
+            media = self.media[torch.tensor(picks, dtype=torch.long, device=self.media.device)]
+        if self.media_features is not None:
+            features = self.media_features[torch.tensor(picks, dtype=torch.long, device=self.media.device)]
+        return Rollout(
+            self.query_ids[rows], self.query_mask[rows], self.response_ids[rows], self.response_mask[rows],
+            self.has_eos[rows], media, [self.media_counts[r] for r in rows], [self.media_items[i] for i in picks],
+            [self.samples[r] for r in rows], [self.references[r] for r in rows],
+            [self.texts[r] for r in rows] if self.texts else [], features,
+        )  # fmt: skip
+
+    def model_inputs(self) -> dict[str, Tensor | None]:
+        """Prompt + response as one sequence (B, P+T): input_ids, attention_mask, position_ids, media and
+        media_features (the cached encoder outputs, or None).
+
+        Position ids count real tokens only (cumsum of the mask), exactly as `generate` numbered them.
+        """
+        input_ids = torch.cat([self.query_ids, self.response_ids], dim=1)
+        attention_mask = torch.cat([self.query_mask.long(), self.response_mask.long()], dim=1)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "media": self.media,
+            "media_features": self.media_features,
+        }
+
+
+def make_prompt_batch(samples: list[Sample], processor, device) -> Rollout:
+    """Tokenize prompts (chat template + generation prompt), decode their media; responses still empty."""
+    prepared = prepare_prompts(samples, processor)
+    ids, mask = left_padded_batch([p[0] for p in prepared], processor.tokenizer.pad_token_id, device)
+    items = [m for p in prepared for m in p[2]]
+    media = processor.process_media(items) if items else None
+    empty = torch.zeros(len(samples), 0, dtype=torch.long, device=device)
+    return Rollout(
+        ids, mask, empty, empty.bool(), torch.zeros(len(samples), dtype=torch.bool, device=device),
+        media.to(device) if media is not None else None, [len(p[2]) for p in prepared], items,
+        list(samples), [p[1] for p in prepared],
+    )  # fmt: skip
+
+
+def truncate_after_eos(tokens: Tensor, eos_token_id: int, pad_token_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Cut generated tokens (B, T) after their first EOS.
+
+    Returns (tokens with pad after the first EOS (B, T), mask (B, T) true up to and including the first EOS,
+    or everywhere if there is none, has_eos (B,)).
+    """
+    is_eos = tokens == eos_token_id
+    has_eos = is_eos.any(dim=1)
+    positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+    first = torch.where(is_eos, positions, tokens.shape[1]).min(dim=1).values
+    mask = positions <= first.unsqueeze(1)
+    return tokens.masked_fill(~mask, pad_token_id), mask, has_eos
+
+
+@torch.no_grad()
+def generate_rollout(
+    model: nn.Module,
+    batch: Rollout,
+    tokenizer,
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    do_sample: bool = True,
+) -> Rollout:
+    """Sample one response per prompt of `batch` with `model` (a bare VLM) and the KV cache.
+
+    Sampling is from softmax(logits / temperature) (top-k off; nucleus when top_p < 1); the media
+    placeholder token is never generated (it would be read as an image or clip in later forward passes).
+    A frozen encoder runs once here; its features travel with the rollout.
+    """
+    was_training = model.training
+    model.eval()
+    features = batch.media_features
+    if (
+        features is None
+        and batch.media is not None
+        and not any(p.requires_grad for p in model.encoder.parameters())
+    ):
+        features = encode(model.encoder, batch.media, model.config.feature_layer, model.config.drop_cls_token)
+    generated = model.generate(
+        batch.query_ids, batch.query_mask, None if features is not None else batch.media, features,
+        max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature if do_sample else None,
+        top_p=top_p if do_sample else None, top_k=0 if do_sample else None,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        suppress_tokens=[model.config.media_token_id],
+    )  # fmt: skip
+    model.train(was_training)
+    tokens, mask, has_eos = truncate_after_eos(generated, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    texts = [t.strip() for t in tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+    return Rollout(
+        batch.query_ids, batch.query_mask, tokens, mask, has_eos, batch.media, batch.media_counts,
+        batch.media_items, batch.samples, batch.references, texts, features,
+    )  # fmt: skip
+
+
+def response_slice(prompt_length: int, response_length: int) -> slice:
+    """Positions whose outputs predict the response tokens: P-1 .. P+T-2 of the joint sequence."""
+    return slice(prompt_length - 1, prompt_length + response_length - 1)
+
+
+def response_logprobs(logits: Tensor, rollout: Rollout, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Log-probs (B, T) of the sampled response tokens and the response logits (B, T, V), both / temperature.
+
+    `logits` (B, P+T, V) come from a forward pass over `rollout.model_inputs()`.
+    """
+    window = response_slice(rollout.query_ids.shape[1], rollout.response_ids.shape[1])
+    response_logits = logits[:, window].float() / temperature
+    labels = rollout.response_ids.masked_fill(~rollout.response_mask.bool(), -100)
+    return logprobs_from_logits(response_logits, labels), response_logits
+
+
+@contextlib.contextmanager
+def unwrapped_for_generation(model: nn.Module, accelerator) -> Iterator[nn.Module]:
+    """The bare module of a prepared model, for `generate`.
+
+    Under DeepSpeed ZeRO-3 the parameters are gathered on every rank while the block runs, so that
+    token-by-token generation does not all-gather every layer at every step (a collective: all ranks call it).
+    """
+    unwrapped = accelerator.unwrap_model(model)
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and plugin.zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            yield unwrapped
+    else:
+        yield unwrapped
