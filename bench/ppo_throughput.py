@@ -58,9 +58,9 @@ def prompts(work: Path, n: int) -> list:
 def run(args, work: Path) -> list[dict]:
     """PPO steps on the tiny VLM as recipes/ppo.py wires them; returns the trainer's per-step history."""
     from vlmkit.models.build import build_vlm
-    from vlmkit.rlhf.ppo_trainer import PPOTrainer, frozen_reference
-    from vlmkit.rlhf.rewards import FunctionReward, load_reward_function
-    from vlmkit.rlhf.value_model import build_actor_critic
+    from vlmkit.rlhf.ppo_trainer import PPOTrainer
+    from vlmkit.rlhf.rewards import build_reward
+    from vlmkit.rlhf.value_model import build_actor_critic, frozen_reference
     from vlmkit.training.accelerator import make_accelerator
 
     cfg = ppo_config(args, work / "out")
@@ -71,7 +71,7 @@ def run(args, work: Path) -> list[dict]:
     policy, processor = build_vlm(cfg, cfg)
     reference = frozen_reference(policy, lambda: build_vlm(cfg, None, is_trainable=False)[0], accelerator)
     model = build_actor_critic(policy, cfg.value_model, lora=cfg)
-    reward = FunctionReward(load_reward_function(cfg.reward_function), cfg.reward_function)
+    reward = build_reward(cfg)
     data = prompts(work, max(cfg.rollout_batch_size * 2, 16))
     trainer = PPOTrainer(cfg, accelerator, model, processor, reward, data, reference=reference)
     return trainer.train().history

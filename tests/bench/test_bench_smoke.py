@@ -97,3 +97,16 @@ def test_gpu_check_dry_run_in_process(tmp_path):
                                             ("NVIDIA H100 PCIe", 756.0), ("NVIDIA H200", 989.0), ("Tesla T4", None)])  # fmt: skip
 def test_peak_flops_table(name, peak):
     assert _load("gpu_check").peak_tflops(name) == peak
+
+
+def test_gpu_check_script_parses_and_refuses_without_a_gpu(tmp_path):
+    import subprocess
+
+    import torch
+
+    assert subprocess.run(["bash", "-n", str(BENCH / "gpu_check.sh")]).returncode == 0
+    if not torch.cuda.is_available():
+        run = subprocess.run(
+            ["bash", str(BENCH / "gpu_check.sh"), "--out", str(tmp_path)], capture_output=True, text=True
+        )
+        assert run.returncode == 1 and "--dry-run" in run.stderr

@@ -10,7 +10,7 @@ from PIL import Image
 
 from vlmkit.config.args import ModelArgs
 from vlmkit.data.batching import build_train_data
-from vlmkit.data.records import Sample, SkipCounter, Turn
+from vlmkit.data.records import BadSampleError, Sample, SkipCounter, Turn
 from vlmkit.data.sft_dataset import SFTCollator, SFTDataset
 from vlmkit.models.build import build_vlm
 from vlmkit.models.encoders import encode
@@ -160,11 +160,15 @@ def test_broken_image_is_skipped_and_counted(world, tmp_path):
     samples = [
         Sample([Turn("user", "<image>\nx"), Turn("assistant", "y")], [world.paths[0]], index=0),
         Sample([Turn("user", "<image>\nx"), Turn("assistant", "y")], [str(bad)], index=1),
+        Sample([Turn("user", "<image>\nx"), Turn("assistant", "y")], [str(tmp_path / "gone.png")], index=2),
     ]
     skips = SkipCounter()
     dataset = SFTDataset(samples, world.processor, max_length=128, on_bad_sample="skip", skips=skips)
     cache, keys = build_feature_cache(dataset, world.model, world.processor, tmp_path / "c", skips=skips)
-    assert keys[1] is None and skips.total == 1
+    assert keys[1] is None and keys[2] is None and skips.total == 2
+    strict = SFTDataset(samples[2:], world.processor, max_length=128)
+    with pytest.raises(BadSampleError, match="record 2.*not readable"):
+        build_feature_cache(strict, world.model, world.processor, tmp_path / "c")
     cached = CachedFeatureDataset(dataset, cache, keys)
     assert cached[1] is None and cached[0]["media_features"].shape[0] == 1
 

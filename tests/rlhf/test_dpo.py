@@ -14,10 +14,12 @@ from vlmkit.models.build import build_vlm
 from vlmkit.rlhf.dpo import (
     DPOLoss,
     ReferencePolicy,
+    answer_lengths,
     batch_logps,
     build_dpo_policy,
     dpo_loss,
     evaluate_dpo,
+    length_normalized_nll,
     reward_stats,
     sequence_logps,
 )
@@ -68,6 +70,14 @@ def test_sequence_logps_sums_only_the_answer_tokens():
     assert sequence_logps(logits, torch.full((1, 4), -100)).tolist() == [0.0]
 
 
+def test_rpo_term_is_the_per_token_nll_of_the_chosen_answer():
+    labels = torch.tensor([[-100, 5, 6, -100], [-100, -100, 7, -100]])
+    lengths = answer_lengths(labels)  # after the one-token shift: [5, 6] and [7]
+    assert lengths.tolist() == [2, 1]
+    nll = length_normalized_nll(torch.tensor([-4.0, -3.0]), lengths)
+    assert nll.tolist() == pytest.approx([2.0, 3.0])
+
+
 # ---- references -------------------------------------------------------------------------------------
 def tiny_cfg(**overrides) -> DPOConfig:
     return DPOConfig(vision_tower="vlmkit-tiny/clip-vision", language_model="vlmkit-tiny/llama", **overrides)
@@ -107,6 +117,12 @@ def test_lora_reference_is_the_model_with_adapters_off():
     loss_fn = DPOLoss(reference, beta=0.1)
     loss, _ = loss_fn(model, batch)
     assert float(loss) == pytest.approx(4 * math.log(2), abs=1e-4)  # fresh adapters: policy == reference
+
+    rpo_loss, rpo_extras = DPOLoss(reference, beta=0.1, rpo_alpha=0.5)(model, batch)
+    b = batch["num_pairs"]
+    nll = length_normalized_nll(start[:b], answer_lengths(batch["labels"][:b]))
+    assert rpo_loss.item() == pytest.approx(4 * math.log(2) + 0.5 * nll.sum().item(), rel=1e-4)
+    assert rpo_extras["chosen_nll"] == pytest.approx(nll.mean().item(), rel=1e-4)
 
     sgd_steps(model, loss_fn, batch)
     assert torch.allclose(reference.logps(model, batch), start, atol=1e-5)  # the reference did not move

@@ -15,6 +15,7 @@ from vlmkit.ssl.mae_model import (
     mae_loss_fn,
     probe_features,
     random_init_encoder,
+    sincos_position_embeddings,
 )
 from vlmkit.ssl.masking import random_patch_mask
 
@@ -34,6 +35,27 @@ def _cfg(**kw):
 def model():
     torch.manual_seed(0)
     return build_mae_model(_cfg())
+
+
+def test_new_model_knows_patch_positions(model):
+    # transformers 5.x leaves ViTMAE's fixed position embeddings at zero; build_mae_model must fill them
+    for table in (model.vit.embeddings.position_embeddings[0], model.decoder.decoder_pos_embed[0]):
+        patches = table[1:]
+        assert table.shape[0] == 1 + NUM_PATCHES and torch.count_nonzero(table[0]) == 0
+        assert torch.cdist(patches, patches).add(torch.eye(NUM_PATCHES)).min() > 0.1  # all rows distinct
+    assert model.vit.embeddings.cls_token.abs().sum() > 0 and model.decoder.mask_token.abs().sum() > 0
+    baseline = random_init_encoder(model.config, seed=0)
+    torch.testing.assert_close(baseline.embeddings.position_embeddings, model.vit.embeddings.position_embeddings)
+
+
+def test_sincos_embeddings_follow_mae_layout():
+    table = sincos_position_embeddings(grid=3, dim=8)
+    assert table.shape == (10, 8)
+    # patch 4 is row 1, column 1; the first quarter is sin(column * omega), omega_0 = 1
+    assert table[1 + 4, 0].item() == pytest.approx(torch.sin(torch.tensor(1.0)).item())
+    assert torch.equal(table[1 + 1, 4:], table[1 + 0, 4:])  # same row -> same second half
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_position_embeddings(2, 6)
 
 
 def test_noise_from_our_mask_makes_vitmae_use_exactly_that_mask(model):

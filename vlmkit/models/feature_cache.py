@@ -223,11 +223,18 @@ def build_feature_cache(
     keys_per_sample: list[list[str] | None] = []
     where: dict[str, tuple] = {}
     for item in dataset.items:
-        keys = []
-        for m in item.media:
-            key = media_hash(m)
+        try:
+            keys = [media_hash(m) for m in item.media]
+        except OSError as err:
+            bad = BadSampleError(item.source, item.index, "media", f"media file not readable: {err}")
+            if getattr(dataset, "on_bad_sample", "error") == "error":
+                raise bad from err
+            if skips is not None:
+                skips.add(bad)
+            keys_per_sample.append(None)
+            continue
+        for m, key in zip(item.media, keys):
             where.setdefault(key, (m, item.source, item.index))
-            keys.append(key)
         keys_per_sample.append(keys)
     missing = sorted(k for k in where if k not in cache)
     mine = missing[rank::world]
@@ -261,7 +268,7 @@ def build_feature_cache(
     wait()
     cache.refresh()
     for i, keys in enumerate(keys_per_sample):
-        if any(k not in cache for k in keys):
+        if keys is not None and any(k not in cache for k in keys):
             keys_per_sample[i] = None
     return cache, keys_per_sample
 

@@ -48,7 +48,7 @@ from vlmkit.rlhf.rollout import (
 )  # fmt: skip
 from vlmkit.rlhf.value_model import ActorCritic, prepare_frozen, reference_logits, save_value_model
 from vlmkit.training import checkpoint as ckpt
-from vlmkit.training.loop import save_checkpoint
+from vlmkit.training.loop import checkpoint_state, restore_checkpoint, save_checkpoint
 from vlmkit.training.optim import build_optimizer, param_groups
 from vlmkit.training.reporting import LOG_FILE, JsonlLog
 
@@ -135,8 +135,8 @@ class PPOTrainer:
         )
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.kl_ctl = build_kl_controller(cfg.kl_controller, cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
-        accelerator.register_for_checkpointing(self.scheduler)
-        accelerator.register_for_checkpointing(self.kl_ctl)
+        # Saved as JSON beside accelerate's files (never a pickle): see training.loop.restore_checkpoint.
+        self.stateful = {"scheduler": self.scheduler, "kl_controller": self.kl_ctl}
         self.reference = prepare_frozen(reference, accelerator) if reference is not None else None
         self.device = accelerator.device
         self._orders: dict[int, list[int]] = {}
@@ -282,8 +282,7 @@ class PPOTrainer:
         resume_dir = ckpt.resolve_resume(out, cfg.resume_from_checkpoint)
         start = 0
         if resume_dir is not None:
-            acc.load_state(str(resume_dir))
-            start = ckpt.read_checkpoint_state(resume_dir)["step"]
+            start = restore_checkpoint(acc, resume_dir, self.stateful)
             logger.info("resumed PPO from %s at step %d (kl_coef %.4g)", resume_dir, start, self.kl_ctl.value)
         log = (
             JsonlLog(out / LOG_FILE, resume_step=start if resume_dir else None)
@@ -309,7 +308,14 @@ class PPOTrainer:
                 log.write(record)
                 acc.log({k: v for k, v in record.items() if k != "step"}, step=step + 1)
             if cfg.save_steps > 0 and (step + 1) % cfg.save_steps == 0 and step + 1 < cfg.max_steps:
-                save_checkpoint(acc, out, step + 1, cfg.save_total_limit, keep=resume_dir)
+                save_checkpoint(
+                    acc,
+                    out,
+                    step + 1,
+                    cfg.save_total_limit,
+                    keep=resume_dir,
+                    state=checkpoint_state(self.stateful),
+                )
         result.train_seconds = time.perf_counter() - t_start
         return result
 

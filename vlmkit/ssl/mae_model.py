@@ -22,12 +22,14 @@ from vlmkit.ssl.probe import linear_probe_accuracy
 __all__ = [
     "PatchMasker",
     "build_mae_model",
+    "init_mae_weights",
     "labelled_subset",
     "mae_image_processor",
     "mae_loss_fn",
     "probe_accuracy",
     "probe_features",
     "random_init_encoder",
+    "sincos_position_embeddings",
 ]
 
 
@@ -57,7 +59,46 @@ def build_mae_model(cfg) -> nn.Module:
         decoder_num_hidden_layers=cfg.decoder_layers, decoder_num_attention_heads=cfg.decoder_heads,
         decoder_intermediate_size=4 * cfg.decoder_hidden_size, **overrides,
     )  # fmt: skip
-    return ViTMAEForPreTraining(config)
+    model = ViTMAEForPreTraining(config)
+    init_mae_weights(model)
+    return model
+
+
+def sincos_position_embeddings(grid: int, dim: int) -> Tensor:
+    """(1 + grid * grid, dim) fixed 2-D sin-cos position embeddings as in MAE: a zero row for CLS, then the
+    patches row by row; the first half of the channels encodes the column, the second half the row."""
+    if dim % 4:
+        raise ValueError(f"sin-cos position embeddings need a width divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (dim/4,)
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+
+    def axis(pos: Tensor) -> Tensor:
+        angles = pos.flatten().double()[:, None] * omega  # (grid*grid, dim/4)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    patches = torch.cat([axis(cols), axis(rows)], dim=1).float()
+    return torch.cat([torch.zeros(1, dim), patches])
+
+
+@torch.no_grad()
+def init_mae_weights(model: nn.Module) -> None:
+    """MAE's initialisation of the parts transformers 5.x leaves at zero when a ViTMAE is built from a config.
+
+    Its init hook for the embeddings returns early once the patch projection is initialised, so the fixed
+    sin-cos position embeddings stay zero and the model knows no patch positions (it can then only learn the
+    mean image). This fills them (encoder and decoder) and draws the CLS and mask tokens (normal, std 0.02).
+    Takes a `ViTMAEForPreTraining` or a `ViTMAEModel`.
+    """
+    config = model.config
+    grid = config.image_size // config.patch_size
+    vit = getattr(model, "vit", model)
+    vit.embeddings.position_embeddings.copy_(sincos_position_embeddings(grid, config.hidden_size)[None])
+    nn.init.normal_(vit.embeddings.cls_token, std=config.initializer_range)
+    decoder = getattr(model, "decoder", None)
+    if decoder is not None:
+        decoder.decoder_pos_embed.copy_(sincos_position_embeddings(grid, config.decoder_hidden_size)[None])
+        nn.init.normal_(decoder.mask_token, std=config.initializer_range)
 
 
 class PatchMasker:
@@ -114,7 +155,9 @@ def random_init_encoder(config, seed: int) -> nn.Module:
     config.mask_ratio = 0.0
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return ViTMAEModel(config).eval()
+        encoder = ViTMAEModel(config)
+        init_mae_weights(encoder)
+    return encoder.eval()
 
 
 @torch.no_grad()
