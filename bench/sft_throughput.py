@@ -250,7 +250,10 @@ def _row(seconds: float, cpu: float, stats: BatchStats, train_seconds: float, st
 
 
 def worker(args) -> dict:
-    """Run `args.worker` `args.repeats` times in this process; medians + this process's peak memory."""
+    """Run `args.worker` `args.repeats` times in this process; medians + this process's peak memory.
+
+    The main process starts one worker per (repeat, framework), interleaved, each with --repeats 1.
+    """
     data, images = Path(args.data), Path(args.images)
     runs = []
     for _ in range(args.repeats):
@@ -295,19 +298,25 @@ def main(argv: list[str] | None = None) -> dict:
         args.rows = max(
             1, round(args.batch_size * data_stats["tokens_mean"] / (args.packing_max_tokens * fill))
         )
+        per_fw: dict[str, list[dict]] = {fw: [] for fw in args.frameworks}
+        for r in range(args.repeats):  # interleaved, so a change in machine load hits every framework alike
+            for fw in args.frameworks:
+                worker_argv = [
+                    "--worker", fw, "--data", str(data), "--images", str(images), "--rows", str(args.rows),
+                    "--repeats", "1", "--batch_size", str(args.batch_size),
+                    "--packing_max_tokens", str(args.packing_max_tokens), "--max_length", str(args.max_length),
+                    "--result", str(work / f"{fw}-{r}.json"),
+                ]  # fmt: skip
+                if args.in_process:
+                    per_fw[fw].append(main(worker_argv))
+                else:
+                    subprocess.run([sys.executable, __file__, *worker_argv], check=True)
+                    per_fw[fw].append(json.loads((work / f"{fw}-{r}.json").read_text()))
         rows = []
-        for fw in args.frameworks:
-            worker_argv = [
-                "--worker", fw, "--data", str(data), "--images", str(images), "--rows", str(args.rows),
-                "--repeats", str(args.repeats), "--batch_size", str(args.batch_size),
-                "--packing_max_tokens", str(args.packing_max_tokens), "--max_length", str(args.max_length),
-                "--result", str(work / f"{fw}.json"),
-            ]  # fmt: skip
-            if args.in_process:
-                rows.append(main(worker_argv))
-            else:
-                subprocess.run([sys.executable, __file__, *worker_argv], check=True)
-                rows.append(json.loads((work / f"{fw}.json").read_text()))
+        for fw, runs in per_fw.items():
+            row = {k: median([x[k] for x in runs]) for k in runs[0] if isinstance(runs[0][k], (int, float))}
+            row.update(framework=fw, repeats=len(runs), peak_rss_mb=max(x["peak_rss_mb"] for x in runs))
+            rows.append(row)
     by = {r["framework"]: r for r in rows}
     result = {"data": data_stats, "batch_size": args.batch_size, "packed_rows_per_step": args.rows,
               "packing_max_tokens": args.packing_max_tokens, "runs": rows}  # fmt: skip
@@ -338,7 +347,8 @@ def main(argv: list[str] | None = None) -> dict:
     ratio_wall = result.get("speedup_vs_trl_supervised_tokens_per_s", float("nan"))
     notes = (
         f"Data: {data_stats}. Batch: {args.batch_size} samples/step padded; packed: {args.rows} row(s) of "
-        f"<= {args.packing_max_tokens} tokens per step. Medians of {args.repeats} epochs per framework.\n\n"
+        f"<= {args.packing_max_tokens} tokens per step. Medians of {args.repeats} epochs per framework, one "
+        "process per epoch, frameworks interleaved.\n\n"
         + __doc__.split("What is compared", 1)[1].split("\n", 1)[1]
         + f"\nvlmkit packed vs TRL: {ratio:.2f}x supervised tokens per CPU-second (goal >= 1.5x); "
         f"{ratio_wall:.2f}x per wall-clock second. On a shared machine wall time mostly measures the other "

@@ -19,7 +19,9 @@ from vlmkit.ssl.clip_model import (
 )
 from vlmkit.ssl.image_data import tokenize_captions
 
-CAPTIONS = [f"a handwritten digit {w}." for w in ("zero", "one", "two", "three")] + ["the number 7, handwritten."]
+CAPTIONS = [f"a handwritten digit {w}." for w in ("zero", "one", "two", "three")] + [
+    "the number 7, handwritten."
+]
 
 
 def _cfg(**kw):
@@ -146,7 +148,9 @@ def test_evaluate_clip_reports_metrics_and_dedups_captions(tokenizer):
     captions = ["a handwritten digit one.", "a handwritten digit one.", "the number 7, handwritten."] * 2
     labels = torch.tensor([1, 1, 7, 1, 1, 7])
     names = [str(i) for i in range(10)]
-    metrics = evaluate_clip(clip, tokenizer, pixels, captions, labels, ["a photo of {}."], names, max_length=16)
+    metrics = evaluate_clip(
+        clip, tokenizer, pixels, captions, labels, ["a photo of {}."], names, max_length=16
+    )
     assert metrics["retrieval_pairs"] == 2
     assert 0.0 <= metrics["eval_zero_shot_accuracy"] <= 1.0
     for key in ("image_to_text_r1", "image_to_text_r5", "text_to_image_r1", "text_to_image_r5"):

@@ -45,7 +45,9 @@ def test_new_model_knows_patch_positions(model):
         assert torch.cdist(patches, patches).add(torch.eye(NUM_PATCHES)).min() > 0.1  # all rows distinct
     assert model.vit.embeddings.cls_token.abs().sum() > 0 and model.decoder.mask_token.abs().sum() > 0
     baseline = random_init_encoder(model.config, seed=0)
-    torch.testing.assert_close(baseline.embeddings.position_embeddings, model.vit.embeddings.position_embeddings)
+    torch.testing.assert_close(
+        baseline.embeddings.position_embeddings, model.vit.embeddings.position_embeddings
+    )
 
 
 def test_sincos_embeddings_follow_mae_layout():
@@ -134,7 +136,9 @@ def test_random_init_encoder_is_seeded_and_leaves_the_config_alone(model):
     for (k, v), w in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(v, w), k
     c = random_init_encoder(model.config, 4)
-    assert not torch.equal(a.embeddings.patch_embeddings.projection.weight, c.embeddings.patch_embeddings.projection.weight)
+    assert not torch.equal(
+        a.embeddings.patch_embeddings.projection.weight, c.embeddings.patch_embeddings.projection.weight
+    )
 
 
 def test_labelled_subset_takes_per_class_counts_reproducibly():

@@ -25,9 +25,12 @@ class EncoderArgs:
     """Where the encoder starts from and how its attention runs."""
 
     model_name_or_path: str | None = _f(
-        None, "Start from this checkpoint (from_pretrained path or Hub name); else build one from the size fields."
+        None,
+        "Start from this checkpoint (from_pretrained path or Hub name); else build one from the size fields.",
     )
-    attn_implementation: str = _f("auto", "auto (flash_attention_2 on a GPU with flash-attn, else sdpa), sdpa, eager.")
+    attn_implementation: str = _f(
+        "auto", "auto (flash_attention_2 on a GPU with flash-attn, else sdpa), sdpa, eager."
+    )
     image_size: int = _f(32, "Input image side in pixels (new models).")
     patch_size: int = _f(8, "ViT patch side in pixels (new models).")
 
@@ -52,7 +55,9 @@ class ClipConfig(HubArgs, ImageDataArgs, EncoderArgs, OptimArgs, RunArgs):
     zero_shot_templates: str | None = _f(
         None, "JSON {templates, classnames} for zero-shot evaluation; templates must be unseen in training."
     )
-    per_device_train_batch_size: int = _f(32, "Image-caption pairs per device per micro-batch (the negatives).")
+    per_device_train_batch_size: int = _f(
+        32, "Image-caption pairs per device per micro-batch (the negatives)."
+    )
     learning_rate: float = _f(1e-3, "Peak learning rate.")
     weight_decay: float = _f(0.1, "AdamW weight decay (not on biases, norms or the temperature).")
     warmup_ratio: float = _f(0.05, "Fraction of steps for linear warm-up.")

@@ -161,7 +161,9 @@ def embed_images(clip: nn.Module, pixel_values: Tensor, batch_size: int = 64) ->
 
 
 @torch.no_grad()
-def embed_texts(clip: nn.Module, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64) -> Tensor:
+def embed_texts(
+    clip: nn.Module, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64
+) -> Tensor:
     """N texts -> (N, P) projected text embeddings."""
     device = next(clip.parameters()).device
     rows = []
@@ -207,7 +209,9 @@ def evaluate_clip(
     if labels is not None and templates and classnames:
         prompts = [[t.format(name) for t in templates] for name in classnames]
         per_class = [embed_texts(clip, tokenizer, p, max_length, batch_size) for p in prompts]
-        metrics["eval_zero_shot_accuracy"] = zero_shot_accuracy(images, zero_shot_classifier(per_class), labels)
+        metrics["eval_zero_shot_accuracy"] = zero_shot_accuracy(
+            images, zero_shot_classifier(per_class), labels
+        )
     first = {}
     for i, caption in enumerate(captions):
         first.setdefault(caption, i)

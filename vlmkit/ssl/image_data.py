@@ -102,9 +102,7 @@ def read_image_records(
     records = []
     for i, row in enumerate(_load_rows(resolved)):
         try:
-            records.append(
-                _convert(row, resolved, i, root, need_caption, need_label, allow_outside_root)
-            )
+            records.append(_convert(row, resolved, i, root, need_caption, need_label, allow_outside_root))
         except BadSampleError as err:
             if on_bad_sample == "error":
                 raise

@@ -161,7 +161,9 @@ def random_init_encoder(config, seed: int) -> nn.Module:
 
 
 @torch.no_grad()
-def probe_features(encoder: nn.Module, pixel_values: Tensor, pooling: str = "mean", batch_size: int = 64) -> Tensor:
+def probe_features(
+    encoder: nn.Module, pixel_values: Tensor, pooling: str = "mean", batch_size: int = 64
+) -> Tensor:
     """Frozen last-layer features for a linear probe, read the way stage 1 reads the tower.
 
     Args:
