@@ -81,7 +81,11 @@ def main(argv: list[str] | None = None) -> dict:
     model = ClipDualEncoder(clip)
 
     train_set = ImageRecordDataset(
-        train_records, image_processor, on_bad_sample=cfg.on_bad_sample, skips=skips
+        train_records,
+        image_processor,
+        on_bad_sample=cfg.on_bad_sample,
+        skips=skips,
+        cache_images=cfg.cache_images,
     )
     collate = ClipCollator(tokenizer, cfg.max_text_length)
     result = train(cfg, accelerator, model, train_set, collate, clip_compute_loss, count_items=lambda b: 1)

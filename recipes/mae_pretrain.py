@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> dict:
     read = dict(image_folder=cfg.image_folder, allow_outside_root=cfg.allow_outside_media_root, skips=skips)
     train_records = read_image_records(cfg.data_path, on_bad_sample=cfg.on_bad_sample, **read)
     train_set = ImageRecordDataset(
-        train_records, image_processor, on_bad_sample=cfg.on_bad_sample, skips=skips
+        train_records,
+        image_processor,
+        on_bad_sample=cfg.on_bad_sample,
+        skips=skips,
+        cache_images=cfg.cache_images,
     )
     result = train(
         cfg, accelerator, model, train_set, ImageCollator(), mae_loss_fn(masker),

@@ -18,6 +18,7 @@ class ImageDataArgs:
     image_folder: str | None = _f(None, "Root for relative image paths (default: the data file's folder).")
     allow_outside_media_root: bool = _f(False, "Allow image paths that escape image_folder.")
     max_eval_samples: int = _f(0, "Evaluate on at most this many held-out images (0: all).")
+    cache_images: bool = _f(False, "Keep preprocessed training images in memory (small datasets only).")
 
 
 @dataclass

@@ -116,7 +116,9 @@ class ImageRecordDataset(Dataset):
     """Decodes and preprocesses images lazily.
 
     Items are ``{"pixel_values": (C, H, W), "caption": str | None, "label": int}`` (label -1 when
-    absent), or None for an image that fails to decode under ``on_bad_sample="skip"``.
+    absent), or None for an image that fails to decode under ``on_bad_sample="skip"``. With
+    ``cache_images`` the preprocessed pixels are kept in memory after the first decode (for small
+    datasets that fit in RAM; each data-loader worker holds its own copy).
     """
 
     def __init__(
@@ -126,17 +128,18 @@ class ImageRecordDataset(Dataset):
         *,
         on_bad_sample: str = "error",
         skips: SkipCounter | None = None,
+        cache_images: bool = False,
     ):
         self.records = records
         self.image_processor = image_processor
         self.on_bad_sample = on_bad_sample
         self.skips = skips if skips is not None else SkipCounter()
+        self.cache: dict[int, torch.Tensor | None] | None = {} if cache_images else None
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> dict | None:
-        rec = self.records[i]
+    def _pixels(self, rec: ImageRecord) -> torch.Tensor | None:
         try:
             image = load_image(rec.image, source=rec.source, index=rec.index, field_name="image")
         except BadSampleError as err:
@@ -144,7 +147,18 @@ class ImageRecordDataset(Dataset):
                 raise
             self.skips.add(err)
             return None
-        pixels = self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+        return self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+
+    def __getitem__(self, i: int) -> dict | None:
+        rec = self.records[i]
+        if self.cache is not None and i in self.cache:
+            pixels = self.cache[i]
+        else:
+            pixels = self._pixels(rec)
+            if self.cache is not None:
+                self.cache[i] = pixels  # a bad image is counted once and stays skipped
+        if pixels is None:
+            return None
         label = -1 if rec.label is None else rec.label
         return {"pixel_values": pixels, "caption": rec.caption, "label": label}
 
