@@ -12,22 +12,13 @@ from vlmkit.rlhf.reward_model import evaluate_pairs, load_reward_model
 
 CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
 
-STAGE2_STEPS = 250
 REWARD_STEPS = 150
 
 
 @pytest.fixture(scope="module")
-def stage2_checkpoint(recipe, stage1_checkpoint, tmp_path_factory):
-    """A short stage-2 run (the backbone the reward model starts from)."""
-    out = tmp_path_factory.mktemp("rm_stage2")
-    recipe("llava_stage2").main(
-        [
-            "--config", str(CONFIGS / "digits_llava_stage2.yaml"), "--model_name_or_path", str(stage1_checkpoint),
-            "--output_dir", str(out), "--max_steps", str(STAGE2_STEPS), "--eval_generation", "false",
-            "--report_to", "none",
-        ]
-    )  # fmt: skip
-    return out
+def stage2_checkpoint(trained_stage2):
+    """The backbone the reward model starts from: conftest's trained stage 2 (~95% held-out accuracy)."""
+    return trained_stage2[1]
 
 
 def test_reward_model_ranks_held_out_pairs(recipe, stage2_checkpoint, tmp_path):

@@ -232,10 +232,16 @@ class VLM(nn.Module):
     ) -> torch.Tensor:
         """Batched generation with the KV cache; inputs must be left-padded. Returns new tokens (B, T_new).
 
-        `media_features` (n, N, D_enc) are cached encoder outputs, as in `embed`."""
+        `media_features` (n, N, D_enc) are cached encoder outputs, as in `embed`. The media placeholder token
+        is never sampled: a response holding one could not be fed back through `forward`."""
         embeds = self.embed(input_ids, media, media_features)
+        suppress = set(generate_kwargs.pop("suppress_tokens", None) or [])
+        suppress.add(self.config.media_token_id)
         return self.language_model.generate(
-            inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            suppress_tokens=sorted(suppress),
+            **generate_kwargs,
         )
 
     # ---- save / load --------------------------------------------------------------------------------
@@ -263,11 +269,8 @@ class VLM(nn.Module):
             config.encoder_name_or_path = None
             self.encoder.save_pretrained(out / "encoder", state_dict=parts["encoder"])
         save_file(parts["connector"], str(out / CONNECTOR_FILE))
-        if self.is_peft:
-            # PeftModel.save_pretrained keeps only the adapter weights of the given state dict.
-            self.language_model.save_pretrained(out / "language_model", state_dict=parts["language_model"])
-        else:
-            self.language_model.save_pretrained(out / "language_model", state_dict=parts["language_model"])
+        # A PeftModel's save_pretrained keeps only the adapter weights of the given state dict.
+        self.language_model.save_pretrained(out / "language_model", state_dict=parts["language_model"])
         config.save(out)
 
     @classmethod

@@ -381,7 +381,7 @@ class PPOTrainer:
         table = table[table[:, 5] > 0]
         has_ref = table[:, 4] > 0
         return {
-            "accuracy": (table[has_ref, 0].mean().item() if has_ref.any() else float("nan")),
+            "accuracy": int(table[has_ref, 0].sum()) / int(has_ref.sum()) if has_ref.any() else float("nan"),
             "reward": table[:, 1].mean().item(), "kl": table[:, 2].mean().item(),
             "response_length": table[:, 3].mean().item(),
         }  # fmt: skip

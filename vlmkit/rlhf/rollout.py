@@ -143,7 +143,6 @@ def generate_rollout(
         max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature if do_sample else None,
         top_p=top_p if do_sample else None, top_k=0 if do_sample else None,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        suppress_tokens=[model.config.media_token_id],
     )  # fmt: skip
     model.train(was_training)
     tokens, mask, has_eos = truncate_after_eos(generated, tokenizer.eos_token_id, tokenizer.pad_token_id)

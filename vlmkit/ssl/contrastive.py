@@ -157,7 +157,7 @@ def zero_shot_accuracy(image_features: Tensor, classifier: Tensor, labels: Tenso
     if labels.shape != (image_features.shape[0],):
         raise ValueError(f"labels must have shape ({image_features.shape[0]},), got {tuple(labels.shape)}.")
     logits = F.normalize(image_features, dim=-1) @ F.normalize(classifier, dim=-1).T
-    return (logits.argmax(dim=-1) == labels.to(logits.device)).float().mean().item()
+    return int((logits.argmax(dim=-1) == labels.to(logits.device)).sum()) / labels.shape[0]
 
 
 @torch.no_grad()
@@ -190,5 +190,5 @@ def retrieval_recall(
         positive = s.diagonal().unsqueeze(1)  # (N, 1)
         rank = ((s >= positive) & ~eye).sum(dim=1)  # (N,) competitors scoring at least the match
         for k in ks:
-            result[f"{name}_r{k}"] = (rank < k).float().mean().item()
+            result[f"{name}_r{k}"] = int((rank < k).sum()) / rank.shape[0]
     return result
