@@ -25,12 +25,12 @@ from vlmkit.data.records import SkipCounter
 from vlmkit.eval.answers import answer_accuracy
 from vlmkit.eval.loss import eval_token_loss
 from vlmkit.hub.lifecycle import maybe_check_hub, maybe_push, write_vlm_card
-from vlmkit.models.build import build_vlm
-from vlmkit.training.accelerator import make_accelerator
+from vlmkit.models.build import build_vlm, load_vlm
+from vlmkit.training.accelerator import make_accelerator, parameter_layout
 from vlmkit.training.freeze import set_trainable
 from vlmkit.training.loop import train
 from vlmkit.training.losses import sft_loss
-from vlmkit.training.run import finish_run, save_model, setup_run
+from vlmkit.training.run import finish_run, model_for_eval, save_model, setup_run
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -57,22 +57,19 @@ def main(argv: list[str] | None = None) -> dict:
     model = result.model
 
     save_model(accelerator, model, processor, out)
-    metrics = {
-        "train_loss": result.history[-1]["loss"],
-        "global_step": result.global_step,
-        "world_size": accelerator.num_processes,
-    }
+    metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
+    metrics.update(parameter_layout(accelerator, model))  # world size, parameters per rank (sharded?)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         if cfg.eval_data_path:
+            # Under ZeRO-3/FSDP: the consolidated model just saved, as no rank holds the whole one.
+            trained = model_for_eval(accelerator, model, out, lambda path: load_vlm(path)[0])
             eval_set = sft_dataset(cfg, cfg.eval_data_path, processor, skips)
-            metrics["eval_loss"] = eval_token_loss(
-                unwrapped, eval_set, collate, cfg.per_device_eval_batch_size
-            )
+            metrics["eval_loss"] = eval_token_loss(trained, eval_set, collate, cfg.per_device_eval_batch_size)
             if cfg.eval_generation:
                 samples = subsample(read_samples(cfg, cfg.eval_data_path), cfg.max_eval_samples, cfg.seed)
                 accuracy, examples = answer_accuracy(
-                    unwrapped, processor, samples,
+                    trained, processor, samples,
                     batch_size=cfg.per_device_eval_batch_size, max_new_tokens=cfg.max_new_tokens,
                 )  # fmt: skip
                 metrics["eval_accuracy"] = accuracy

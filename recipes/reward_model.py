@@ -22,11 +22,17 @@ from vlmkit.config.rlhf import RewardModelConfig
 from vlmkit.data.preference import PreferenceCollator, count_pairs, preference_dataset
 from vlmkit.data.records import SkipCounter
 from vlmkit.hub.lifecycle import maybe_check_hub, maybe_push, write_vlm_card
-from vlmkit.rlhf.reward_model import REWARD_USAGE, RewardLoss, build_reward_model, evaluate_pairs
-from vlmkit.training.accelerator import make_accelerator
+from vlmkit.rlhf.reward_model import (
+    REWARD_USAGE,
+    RewardLoss,
+    RewardModel,
+    build_reward_model,
+    evaluate_pairs,
+)
+from vlmkit.training.accelerator import make_accelerator, parameter_layout
 from vlmkit.training.freeze import set_trainable
 from vlmkit.training.loop import train
-from vlmkit.training.run import finish_run, save_model, setup_run
+from vlmkit.training.run import finish_run, model_for_eval, save_model, setup_run
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -56,13 +62,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     save_model(accelerator, model, processor, out)
     metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
+    metrics.update(parameter_layout(accelerator, model))  # world size, parameters per rank (sharded?)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         if cfg.eval_data_path:
+            # Under ZeRO-3/FSDP: the consolidated model just saved, as no rank holds the whole one.
+            trained = model_for_eval(accelerator, model, out, RewardModel.from_pretrained)
             eval_set = preference_dataset(
                 cfg, cfg.eval_data_path, processor, skips, limit=cfg.max_eval_samples
             )
-            scores = evaluate_pairs(unwrapped, eval_set, collate, cfg.per_device_eval_batch_size)
+            scores = evaluate_pairs(trained, eval_set, collate, cfg.per_device_eval_batch_size)
             metrics.update({f"eval_{k}": v for k, v in scores.items()})
         metrics = finish_run(out, metrics, started=started, title="reward_model", skips=skips)
         write_vlm_card(out, cfg, unwrapped, metrics, stage="stage 3 (reward model)", usage=REWARD_USAGE)

@@ -12,8 +12,6 @@ from vlmkit.rlhf.reward_model import evaluate_pairs, load_reward_model
 
 CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
 
-REWARD_STEPS = 150
-
 
 @pytest.fixture(scope="module")
 def stage2_checkpoint(trained_stage2):
@@ -26,10 +24,11 @@ def test_reward_model_ranks_held_out_pairs(recipe, stage2_checkpoint, tmp_path):
     metrics = recipe("reward_model").main(
         [
             "--config", str(CONFIGS / "digits_reward_model.yaml"), "--model_name_or_path", str(stage2_checkpoint),
-            "--output_dir", str(out), "--max_steps", str(REWARD_STEPS), "--report_to", "none",
+            "--output_dir", str(out), "--max_steps", "300", "--report_to", "none",
         ]
     )  # fmt: skip
-    # Held-out pairs (preference_eval, other images), half of them sentences differing only in the digit.
+    # The shipped config at half its steps. Held-out pairs (preference_eval, other images), half of them sentences
+    # differing only in the digit, the rejected digit often a look-alike (1/7, 8/9); measured 0.969.
     assert metrics["eval_pairwise_accuracy"] >= 0.95, metrics
     assert metrics["eval_mean_margin"] > 1.0, metrics
     for name in ("config.yaml", "metrics.json", "train_log.jsonl", "loss.png", "README.md"):

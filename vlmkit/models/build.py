@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from vlmkit.models.processor import MediaSpec, VLMProcessor, ensure_special_tokens, load_media_processor
+from vlmkit.models.rng import rng_untouched
 from vlmkit.models.tiny import resolve_model_path
 from vlmkit.models.vlm import VLM
 
@@ -63,7 +64,8 @@ def load_language_model(
     kwargs = dict(attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
     if load_in_4bit:
         kwargs.update(quantization_config=quantization_config_4bit(), device_map={"": _device_index()})
-    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    with rng_untouched():  # ZeRO-3's zero.Init draws random numbers while loading
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
 def _device_index():

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vlmkit.models.rng import rng_untouched
+
 
 @dataclass(frozen=True)
 class EncoderSpec:
@@ -52,7 +54,8 @@ def load_encoder(
     kwargs = {"trust_remote_code": trust_remote_code}
     if config.model_type != "vit_mae":  # ViTMAE has no sdpa path selection in all versions
         kwargs["attn_implementation"] = attn_implementation
-    model = cls.from_pretrained(path, **kwargs)
+    with rng_untouched():  # ZeRO-3's zero.Init draws random numbers while loading
+        model = cls.from_pretrained(path, **kwargs)
     if config.model_type == "vit_mae":
         model.config.mask_ratio = 0.0
     return model

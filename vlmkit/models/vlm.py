@@ -21,6 +21,7 @@ from torch import nn
 
 from vlmkit.models.connectors import build_connector
 from vlmkit.models.encoders import encode, encoder_spec, load_encoder, num_encoder_tokens
+from vlmkit.models.rng import rng_untouched
 
 CONFIG_FILE = "vlmkit_config.json"
 CONNECTOR_FILE = "connector.safetensors"
@@ -139,6 +140,17 @@ class VLM(nn.Module):
             language_model_name_or_path=getattr(language_model, "name_or_path", None),
         )
         return cls(config, encoder, conn, language_model)
+
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """Layer classes that FSDP shards one by one (Accelerate's TRANSFORMER_BASED_WRAP reads this name):
+        the encoder's and the LLM's own, limited to those present (CLIPVisionModel lists text-side classes)."""
+        names = [
+            *(getattr(self.encoder, "_no_split_modules", None) or []),
+            *(getattr(self.language_model, "_no_split_modules", None) or []),
+        ]
+        present = {type(module).__name__ for module in self.modules()}
+        return [name for name in dict.fromkeys(names) if name in present]
 
     # ---- forward ------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> VLM:
@@ -308,11 +320,13 @@ class VLM(nn.Module):
             from peft import PeftModel
 
             base_path = json.loads((lm_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
-            base = AutoModelForCausalLM.from_pretrained(base_path, **lm_kwargs)
+            with rng_untouched():  # under ZeRO-3 loading draws random numbers (see vlmkit.models.rng)
+                base = AutoModelForCausalLM.from_pretrained(base_path, **lm_kwargs)
             _match_vocab(base, path)  # tokens added when the VLM was built (saved in the adapter)
             language_model = PeftModel.from_pretrained(base, lm_dir, is_trainable=is_trainable)
         else:
-            language_model = AutoModelForCausalLM.from_pretrained(lm_dir, **lm_kwargs)
+            with rng_untouched():
+                language_model = AutoModelForCausalLM.from_pretrained(lm_dir, **lm_kwargs)
         text_dim = language_model.get_input_embeddings().embedding_dim
         connector = build_connector(config.connector, enc_dim, text_dim, **config.connector_kwargs)
         load_connector_weights(connector, str(path / CONNECTOR_FILE))

@@ -89,11 +89,18 @@ def render_markdown(spec: PipelineSpec, root: Path, facts: dict[str, dict]) -> s
         if f["plot"]:
             lines += ["", f"![{stage.name} loss]({stage.name}/{PLOT_FILE})"]
         if f["examples"]:
-            lines += ["", "| question | answer | reference | correct |", "|---|---|---|---|"]
+            before = any("answer_before" in ex for ex in f["examples"])
+            head = "before PPO | after PPO" if before else "answer"
+            lines += [
+                "",
+                f"| question | {head} | reference | correct |",
+                "|---|---|---|---|" + "---|" * before,
+            ]
             for ex in f["examples"]:
                 q = ex.get("question", "").replace("\n", " ").replace("|", "\\|")
+                was = f"{ex.get('answer_before', '')} | " if before else ""
                 lines.append(
-                    f"| {q} | {ex.get('prediction', '')} | {ex.get('reference', '')} | {ex.get('correct', '')} |"
+                    f"| {q} | {was}{ex.get('prediction', '')} | {ex.get('reference', '')} | {ex.get('correct', '')} |"
                 )
         lines += [
             "",
@@ -147,8 +154,10 @@ def render_html(spec: PipelineSpec, root: Path, facts: dict[str, dict]) -> str:
         if f["plot"]:
             parts.append(f"<img class='plot' alt='{e(stage.name)} loss curve' src='{_b64_png(f['plot'])}'>")
         if f["examples"]:
+            before = any("answer_before" in ex for ex in f["examples"])  # PPO: the answer it started from
+            head = "<th>before PPO</th><th>after PPO</th>" if before else "<th>answer</th>"
             parts.append(
-                "<table class='examples'><tr><th>input</th><th>question</th><th>answer</th><th>reference</th></tr>"
+                f"<table class='examples'><tr><th>input</th><th>question</th>{head}<th>reference</th></tr>"
             )
             for ex in f["examples"]:
                 thumb = _thumbnail(ex.get("media"))
@@ -158,8 +167,9 @@ def render_html(spec: PipelineSpec, root: Path, facts: dict[str, dict]) -> str:
                     else e(Path(ex.get("media") or "").name)
                 )
                 mark = "✓" if ex.get("correct") else "✗"
+                was = f"<td>{e(str(ex.get('answer_before', '')))}</td>" if before else ""
                 parts.append(
-                    f"<tr><td>{img}</td><td>{e(ex.get('question', ''))}</td><td>{e(str(ex.get('prediction', '')))} {mark}</td>"
+                    f"<tr><td>{img}</td><td>{e(ex.get('question', ''))}</td>{was}<td>{e(str(ex.get('prediction', '')))} {mark}</td>"
                     f"<td>{e(str(ex.get('reference', '')))}</td></tr>"
                 )
             parts.append("</table>")

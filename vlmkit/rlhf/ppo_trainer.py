@@ -48,6 +48,7 @@ from vlmkit.rlhf.rollout import (
 )  # fmt: skip
 from vlmkit.rlhf.value_model import ActorCritic, prepare_frozen, reference_logits, save_value_model
 from vlmkit.training import checkpoint as ckpt
+from vlmkit.training.accelerator import fill_deepspeed_auto
 from vlmkit.training.loop import checkpoint_state, restore_checkpoint, save_checkpoint
 from vlmkit.training.optim import build_optimizer, param_groups
 from vlmkit.training.reporting import LOG_FILE, JsonlLog
@@ -132,6 +133,10 @@ class PPOTrainer:
             cfg.lr_scheduler_type,
             int(cfg.warmup_ratio * cfg.max_steps),
             cfg.max_steps,
+        )
+        # No DataLoader is prepared here: DeepSpeed takes its micro-batch size (and clipping) from the config.
+        fill_deepspeed_auto(
+            accelerator, max_grad_norm=cfg.max_grad_norm, micro_batch_size=cfg.per_device_train_batch_size
         )
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.kl_ctl = build_kl_controller(cfg.kl_controller, cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
@@ -340,6 +345,16 @@ class PPOTrainer:
         }  # fmt: skip
 
     # ---- evaluation and saving ----------------------------------------------------------------------
+    @torch.no_grad()
+    def greedy_answers(self, samples: list[Sample]) -> list[str]:
+        """The current policy's greedy answers to `samples` (every process answers the same ones)."""
+        size = self.cfg.per_device_eval_batch_size
+        return [
+            text
+            for i in range(0, len(samples), size)
+            for text in self.sample(samples[i : i + size], False).texts
+        ]
+
     @torch.no_grad()
     def evaluate(self, samples: list[Sample], batch_size: int | None = None) -> dict[str, float]:
         """Held-out metrics of the current policy on `samples`:

@@ -184,7 +184,8 @@ def prepare_frozen(model: nn.Module, accelerator) -> nn.Module:
     for key in ("optimizer", "scheduler"):
         config.pop(key, None)
     engine, *_ = deepspeed.initialize(model=model, config=config)
-    return engine.eval()
+    engine.eval()  # DeepSpeedEngine.eval() returns None, not the engine
+    return engine
 
 
 def frozen_reference(policy: nn.Module, build_again, accelerator) -> nn.Module | None:

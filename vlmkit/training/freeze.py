@@ -12,9 +12,13 @@ STAGES = ("align", "instruct", "reward", "encoder")
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, frozen) parameter counts (4-bit weights counted by stored elements)."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    """(trainable, frozen) parameter counts (4-bit weights counted by stored elements).
+
+    Full sizes also when the parameters are partitioned: under DeepSpeed ZeRO-3 a parameter's own tensor is
+    empty and `ds_numel` holds its size (FSDP2's DTensors report their global size themselves).
+    """
+    trainable = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad)
+    frozen = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if not p.requires_grad)
     return trainable, frozen
 
 

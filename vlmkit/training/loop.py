@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vlmkit.training import checkpoint as ckpt
+from vlmkit.training.accelerator import fill_deepspeed_auto
 from vlmkit.training.optim import build_optimizer, param_groups
 from vlmkit.training.reporting import LOG_FILE, JsonlLog
 
@@ -131,6 +132,7 @@ def train(
     if getattr(cfg, "gradient_checkpointing", False):
         lm = getattr(model, "language_model", model)
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    fill_deepspeed_auto(accelerator, max_grad_norm=cfg.max_grad_norm)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     _start_trackers(accelerator, cfg)
     # The scheduler and extra objects are checkpointed as JSON + safetensors, not registered with

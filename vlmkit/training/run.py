@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -55,6 +56,34 @@ def save_model(accelerator, model, processor, out_dir: Path) -> None:
         unwrapped.save_pretrained(out_dir, state_dict=state_dict)
         processor.save_pretrained(out_dir)
     accelerator.wait_for_everyone()
+
+
+def weights_are_sharded(accelerator) -> bool:
+    """Whether no single rank holds the whole model: DeepSpeed ZeRO-3 or FSDP."""
+    from accelerate import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin.zero_stage == 3
+
+
+def model_for_eval(accelerator, model, out_dir: Path, load: Callable[[str], torch.nn.Module]):
+    """The trained model to evaluate on the main process alone, after `save_model(..., out_dir)`.
+
+    With replicated weights (one process, DDP, ZeRO-1/2) that is the unwrapped model itself. Under ZeRO-3 or
+    FSDP no rank holds the whole model and running it on one rank would wait forever for the others'
+    all-gathers, so the main process loads the consolidated checkpoint just saved in `out_dir` with `load`
+    (exactly what users get). For the rest of the run transformers then stops treating this process as part of
+    a ZeRO-3 job: `zero.Init` while loading and synced generation are collective, and the other ranks are done.
+    """
+    if not weights_are_sharded(accelerator):
+        return accelerator.unwrap_model(model)
+    if getattr(accelerator.state, "deepspeed_plugin", None) is not None:
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+    return load(str(out_dir)).to(accelerator.device).eval()
 
 
 def finish_run(out_dir: Path, metrics: dict, *, started: float, title: str, skips=None) -> dict:
