@@ -41,7 +41,7 @@ from vlmkit.ssl.clip_model import (
 from vlmkit.ssl.image_data import ClipCollator, ImageRecordDataset, read_image_records
 from vlmkit.training.accelerator import make_accelerator
 from vlmkit.training.loop import train
-from vlmkit.training.run import finish_run, save_model, setup_run
+from vlmkit.training.run import end_run, finish_run, save_model, setup_run
 
 USAGE = """from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
             pipeline_tag="zero-shot-image-classification",
         )  # fmt: skip
         maybe_push(cfg, out)
-    accelerator.end_training()
+    end_run(accelerator)
     return metrics
 
 

@@ -29,7 +29,7 @@ from vlmkit.hub.lifecycle import maybe_check_hub, maybe_push, write_vlm_card
 from vlmkit.rlhf.dpo import DPOLoss, build_dpo_policy, evaluate_dpo
 from vlmkit.training.accelerator import make_accelerator
 from vlmkit.training.loop import train
-from vlmkit.training.run import finish_run, save_model, setup_run
+from vlmkit.training.run import end_run, finish_run, save_model, setup_run
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         metrics = finish_run(out, metrics, started=started, title="dpo", skips=skips)
         write_vlm_card(out, cfg, unwrapped, metrics, stage="DPO (preference optimisation)")
         maybe_push(cfg, out)
-    accelerator.end_training()
+    end_run(accelerator)
     return metrics
 
 

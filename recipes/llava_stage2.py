@@ -30,7 +30,7 @@ from vlmkit.training.accelerator import make_accelerator, parameter_layout
 from vlmkit.training.freeze import set_trainable
 from vlmkit.training.loop import train
 from vlmkit.training.losses import sft_loss
-from vlmkit.training.run import finish_run, model_for_eval, save_model, setup_run
+from vlmkit.training.run import end_run, finish_run, model_for_eval, save_model, setup_run
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         metrics = finish_run(out, metrics, started=started, title="llava_stage2", skips=skips)
         write_vlm_card(out, cfg, unwrapped, metrics, stage="stage 2 (instruct)")
         maybe_push(cfg, out)
-    accelerator.end_training()
+    end_run(accelerator)
     return metrics
 
 

@@ -39,7 +39,7 @@ from vlmkit.ssl.mae_model import (
 )
 from vlmkit.training.accelerator import make_accelerator
 from vlmkit.training.loop import train
-from vlmkit.training.run import finish_run, save_model, setup_run
+from vlmkit.training.run import end_run, finish_run, save_model, setup_run
 
 USAGE = """from transformers import AutoImageProcessor, ViTMAEModel
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
             pipeline_tag="image-feature-extraction",
         )  # fmt: skip
         maybe_push(cfg, out)
-    accelerator.end_training()
+    end_run(accelerator)
     return metrics
 
 

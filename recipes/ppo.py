@@ -37,7 +37,7 @@ from vlmkit.rlhf.rewards import build_reward
 from vlmkit.rlhf.value_model import build_actor_critic, frozen_reference, prepare_frozen
 from vlmkit.training.accelerator import make_accelerator, parameter_layout
 from vlmkit.training.reporting import LOG_FILE, PLOT_FILE, plot_loss
-from vlmkit.training.run import finish_run, setup_run
+from vlmkit.training.run import end_run, finish_run, setup_run
 
 EXAMPLES_FILE = "eval_examples.json"
 NUM_EXAMPLES = 12  # held-out prompts whose answers before and after PPO are saved (and shown in reports)
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         write_examples(out, shown, answers_before, answers_after)
         write_vlm_card(out, cfg, trainer.bare.policy, metrics, stage="stage 4 (PPO)")
         maybe_push(cfg, out)
-    accelerator.end_training()
+    end_run(accelerator)
     return metrics
 
 

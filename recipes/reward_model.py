@@ -32,7 +32,7 @@ from vlmkit.rlhf.reward_model import (
 from vlmkit.training.accelerator import make_accelerator, parameter_layout
 from vlmkit.training.freeze import set_trainable
 from vlmkit.training.loop import train
-from vlmkit.training.run import finish_run, model_for_eval, save_model, setup_run
+from vlmkit.training.run import end_run, finish_run, model_for_eval, save_model, setup_run
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         metrics = finish_run(out, metrics, started=started, title="reward_model", skips=skips)
         write_vlm_card(out, cfg, unwrapped, metrics, stage="stage 3 (reward model)", usage=REWARD_USAGE)
         maybe_push(cfg, out)
-    accelerator.end_training()
+    end_run(accelerator)
     return metrics
 
 

@@ -42,7 +42,7 @@ from vlmkit.ssl.wav2vec2_pretraining import (
 )
 from vlmkit.training.accelerator import make_accelerator
 from vlmkit.training.loop import train
-from vlmkit.training.run import finish_run, setup_run
+from vlmkit.training.run import end_run, finish_run, setup_run
 
 USAGE = """from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
             usage=USAGE.format(path=cfg.hub_model_id or out), pipeline_tag="feature-extraction",
         )  # fmt: skip
         maybe_push(cfg, out)
-    accelerator.end_training()
+    end_run(accelerator)
     return metrics
 
 

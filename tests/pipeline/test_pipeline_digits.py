@@ -41,14 +41,22 @@ def pipeline_run(tmp_path_factory, vlmkit_session_env) -> tuple[Path, str]:
 @pytest.mark.slow
 def test_every_stage_learns(pipeline_run):
     root, stdout = pipeline_run
-    assert _metrics(root, "clip")["eval_zero_shot_accuracy"] >= 0.85
+    clip = _metrics(root, "clip")
+    assert clip["eval_zero_shot_accuracy"] >= 0.85
+    assert clip["eval_image_to_text_r1"] <= clip["eval_image_to_text_r5"]
     assert _metrics(root, "stage2")["eval_accuracy"] >= 0.90
     assert _metrics(root, "reward_model")["eval_pairwise_accuracy"] >= 0.95
-    ppo = _metrics(root, "ppo")
-    assert ppo["eval_reward"] > ppo["eval_reward_before"]
-    assert ppo["eval_accuracy"] > ppo["eval_accuracy_before"]
-    assert ppo["eval_kl"] <= 2 * yaml.safe_load((root / "ppo" / "config.yaml").read_text())["kl_target"]
+    for name in ("ppo", "audio_ppo"):  # image and audio policies, held-out prompts
+        ppo = _metrics(root, name)
+        assert ppo["eval_reward"] > ppo["eval_reward_before"], (name, ppo)
+        assert ppo["eval_accuracy"] > ppo["eval_accuracy_before"], (name, ppo)
+        assert (
+            0 < ppo["eval_kl"] <= 2 * yaml.safe_load((root / name / "config.yaml").read_text())["kl_target"]
+        )
     assert _metrics(root, "audio_stage2")["eval_accuracy"] >= 0.30  # chance is 0.10
+    examples = json.loads((root / "ppo" / "eval_examples.json").read_text())
+    assert examples and all({"answer_before", "prediction", "media"} <= set(ex) for ex in examples)
+    assert "before PPO" in (root / "report.html").read_text()
     # One summary line per stage, then the report.
     for stage in (
         "clip",
@@ -59,6 +67,9 @@ def test_every_stage_learns(pipeline_run):
         "ppo",
         "wav2vec2",
         "audio_stage1",
+        "audio_stage2",
+        "audio_stage2_weak",
+        "audio_ppo",
     ):
         assert f"[{stage}] " in stdout
     assert (root / "report.html").is_file() and (root / "report.md").is_file()

@@ -86,8 +86,13 @@ def test_sampled_log_probs_match_the_kv_cached_generation(tiny_vlm, prompts):
     logprobs, response_logits = response_logprobs(logits, rollout)
     expected = gen_logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(logprobs[mask], expected[mask], atol=1e-4)
-    # greedy: every sampled token is the arg-max of the recomputed logits
-    assert bool((response_logits.argmax(-1)[mask] == tokens[mask]).all())
+    # greedy: every token is the arg-max of the recomputed logits over the tokens generation may pick (the
+    # media placeholder never: a response holding one could not be fed back)
+    assert not bool((tokens == model.config.media_token_id).any())
+    allowed = response_logits.masked_fill(
+        torch.arange(response_logits.shape[-1]) == model.config.media_token_id, float("-inf")
+    )
+    assert bool((allowed.argmax(-1)[mask] == tokens[mask]).all())
 
 
 def test_generate_rollout_is_seeded_and_respects_the_budget(tiny_vlm, prompts):

@@ -126,6 +126,7 @@ def _distributed_worker(rank: int, world_size: int, out_path: str) -> None:
         gathered = gather_with_grad(torch.full((2, 1), float(rank)))
         if rank == 0:
             torch.save({"losses": losses, "grads": grads, "wrong": wrong, "gathered": gathered}, out_path)
+        dist.barrier()  # leave together: a rank exiting while another still works can abort gloo's teardown
     finally:
         dist.destroy_process_group()
 

@@ -47,6 +47,7 @@ def _stage_facts(stage: StageSpec, stage_dir: Path) -> dict:
         "metrics": metrics,
         "headline": head,
         "value": metrics.get(head) if head else None,
+        "before": metrics.get(f"{head}_before") if head else None,  # PPO/DPO: the starting policy's value
         "wall": wall,
         "peak_mb": metrics.get("peak_memory_mb"),
         "config": (stage_dir / "config.yaml").read_text() if (stage_dir / "config.yaml").is_file() else "",
@@ -59,6 +60,16 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return "—" if value is None else str(value)
+
+
+def _whole(value) -> str:
+    return f"{value:.0f}" if isinstance(value, (int, float)) else "—"
+
+
+def _headline(facts: dict) -> str:
+    """The headline value, as `before → after` when the stage started from a measured policy."""
+    value = _fmt(facts["value"])
+    return f"{_fmt(facts['before'])} → {value}" if facts.get("before") is not None else value
 
 
 def render_markdown(spec: PipelineSpec, root: Path, facts: dict[str, dict]) -> str:
@@ -74,10 +85,10 @@ def render_markdown(spec: PipelineSpec, root: Path, facts: dict[str, dict]) -> s
                 stage.name,
                 stage.recipe,
                 f["headline"] or "—",
-                _fmt(f["value"]),
+                _headline(f),
                 _fmt(stage.chance),
-                _fmt(f["wall"]),
-                _fmt(f["peak_mb"]),
+                _whole(f["wall"]),
+                _whole(f["peak_mb"]),
             ]
             lines.append("| " + " | ".join(row) + " |")
     for stage in spec.stages:
@@ -139,7 +150,7 @@ def render_html(spec: PipelineSpec, root: Path, facts: dict[str, dict]) -> str:
         cls = " class='good'" if good else ""
         parts.append(
             f"<tr><td>{e(stage.name)}</td><td>{e(stage.recipe)}</td><td>{e(f['headline'] or '—')}</td>"
-            f"<td{cls}>{_fmt(f['value'])}</td><td>{_fmt(stage.chance)}</td><td>{_fmt(f['wall'])}</td><td>{_fmt(f['peak_mb'])}</td></tr>"
+            f"<td{cls}>{e(_headline(f))}</td><td>{_fmt(stage.chance)}</td><td>{_whole(f['wall'])}</td><td>{_whole(f['peak_mb'])}</td></tr>"
         )
     parts.append("</table>")
     for stage in spec.stages:

@@ -116,6 +116,8 @@ def summary_line(stage: StageSpec, metrics: dict, wall: float | None, skipped: b
     shown = (
         f"{head}={metrics[head]:.3f}" if head and isinstance(metrics.get(head), (int, float)) else "no metric"
     )
+    if head and isinstance(metrics.get(f"{head}_before"), (int, float)):  # PPO/DPO: from the starting policy
+        shown = f"{head}={metrics[f'{head}_before']:.3f} -> {metrics[head]:.3f}"
     chance = f" (chance {stage.chance:.2f})" if stage.chance is not None else ""
     took = "skipped: already complete" if skipped else f"{wall:.0f}s"
     return f"[{stage.name}] {shown}{chance}  [{took}]"

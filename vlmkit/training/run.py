@@ -86,6 +86,13 @@ def model_for_eval(accelerator, model, out_dir: Path, load: Callable[[str], torc
     return load(str(out_dir)).to(accelerator.device).eval()
 
 
+def end_run(accelerator) -> None:
+    """Close the run on every process together: all wait for the main one (evaluation, card, push), then the
+    process group is destroyed. A rank that leaves while another still works can abort gloo's teardown."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
 def finish_run(out_dir: Path, metrics: dict, *, started: float, title: str, skips=None) -> dict:
     """Write metrics.json and loss.png; print the summary line."""
     metrics = dict(metrics)
