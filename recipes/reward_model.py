@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     skips = SkipCounter()
     train_set = preference_dataset(cfg, cfg.data_path, processor, skips)
     collate = PreferenceCollator(processor.tokenizer.pad_token_id)
-    loss_fn = RewardLoss(cfg.margin, cfg.center_rewards_coefficient, cfg.lm_loss_coefficient)
+    loss_fn = RewardLoss(margin=cfg.margin, center_coef=cfg.center_rewards_coefficient)
     result = train(
         cfg, accelerator, model, train_set, collate, loss_fn, count_items=count_pairs,
         lr_overrides=lr_overrides,

@@ -18,9 +18,6 @@ class RewardModelConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunAr
     center_rewards_coefficient: float = _f(
         0.0, "Weight of the reward-centering term mean((r_chosen + r_rejected)^2); 0 disables it."
     )
-    lm_loss_coefficient: float = _f(
-        0.0, "Weight of an auxiliary LM loss (mean token NLL) on the chosen answers; 0 disables it."
-    )
 
 
 @dataclass

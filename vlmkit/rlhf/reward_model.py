@@ -18,11 +18,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from vlmkit.data.tokenize import IGNORE_INDEX
 from vlmkit.models.build import build_vlm, resolve_attn_implementation
 from vlmkit.models.processor import VLMProcessor
 from vlmkit.models.vlm import VLM
-from vlmkit.training.losses import token_loss_sum
 
 HEAD_FILE = "score_head.safetensors"
 REWARD_CONFIG_FILE = "reward_model.json"
@@ -115,20 +113,12 @@ class RewardModel(nn.Module):
         attention_mask: torch.Tensor,
         media: torch.Tensor | None = None,
         media_features: torch.Tensor | None = None,
-        return_lm_logits: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Scores (B,) float32 read at the last non-pad token of each right-padded row.
-
-        `return_lm_logits` also returns the LM head's logits (B, T, V) from the same pass (for an
-        auxiliary language-modelling loss).
-        """
+    ) -> torch.Tensor:
+        """Scores (B,) float32 read at the last non-pad token of each right-padded row."""
         hidden = self.hidden_states(input_ids, attention_mask, media, media_features)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         last = hidden[rows, last_token_index(attention_mask).to(hidden.device)]
-        scores = self.score_head(last.to(self.score_head.weight.dtype)).squeeze(-1).float()
-        if return_lm_logits:
-            return scores, self.vlm.language_model.get_output_embeddings()(hidden)
-        return scores
+        return self.score_head(last.to(self.score_head.weight.dtype)).squeeze(-1).float()
 
     # ---- save / load --------------------------------------------------------------------------------
     def save_pretrained(self, out_dir: str | Path, state_dict: dict | None = None) -> None:
@@ -214,34 +204,16 @@ def score_pairs(model: RewardModel, batch: dict) -> tuple[torch.Tensor, torch.Te
 
 
 class RewardLoss:
-    """compute_loss for the training loop: (sum of per-pair losses, logged extras); items = pairs.
+    """compute_loss for the training loop: (sum of per-pair Bradley-Terry losses, logged extras)."""
 
-    Per pair: the Bradley-Terry loss, plus `lm_coef` times the chosen answer's mean token NLL under the
-    backbone's LM head when lm_coef > 0 (keeps the backbone's answer knowledge while the head learns).
-    """
-
-    def __init__(self, margin: float = 0.0, center_coef: float = 0.0, lm_coef: float = 0.0):
-        self.margin, self.center_coef, self.lm_coef = margin, center_coef, lm_coef
+    def __init__(self, margin: float = 0.0, center_coef: float = 0.0):
+        self.margin, self.center_coef = margin, center_coef
 
     def __call__(self, model: RewardModel, batch: dict) -> tuple[torch.Tensor, dict]:
-        b = batch["num_pairs"]
-        if not self.lm_coef:
-            chosen, rejected = score_pairs(model, batch)
-        else:
-            scores, logits = model(
-                batch["input_ids"], batch["attention_mask"], batch.get("media"), return_lm_logits=True
-            )
-            chosen, rejected = scores[:b], scores[b:]
-            labels = batch["labels"][:b]
-            tokens = max(1, int((labels[:, 1:] != IGNORE_INDEX).sum()))
-            lm_loss = token_loss_sum(logits[:b], labels) / tokens
+        chosen, rejected = score_pairs(model, batch)
         loss = bradley_terry_loss(chosen, rejected, self.margin, self.center_coef).sum()
         stats = pairwise_stats(chosen.detach(), rejected.detach())
-        extras = {"pairwise_accuracy": stats["accuracy"], "mean_margin": stats["mean_margin"]}
-        if self.lm_coef:
-            loss = loss + self.lm_coef * lm_loss * b  # the loop divides by the number of pairs
-            extras["lm_loss"] = float(lm_loss.detach())
-        return loss, extras
+        return loss, {"pairwise_accuracy": stats["accuracy"], "mean_margin": stats["mean_margin"]}
 
 
 @torch.no_grad()
