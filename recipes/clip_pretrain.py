@@ -17,7 +17,6 @@ and README.md into --output_dir. Stage 1 takes that directory as it is:
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ from vlmkit.config.ssl_image import ClipConfig
 from vlmkit.data.embedded import resolve_data_path
 from vlmkit.data.loading import subsample
 from vlmkit.data.records import SkipCounter
-from vlmkit.hub.lifecycle import data_summary, maybe_check_hub, maybe_push
+from vlmkit.hub.lifecycle import data_summary, maybe_push
 from vlmkit.hub.model_card import write_model_card
 from vlmkit.ssl.clip_model import (
     ClipDualEncoder,
@@ -39,9 +38,8 @@ from vlmkit.ssl.clip_model import (
     lock_text_tower,
 )
 from vlmkit.ssl.image_data import ClipCollator, ImageRecordDataset, read_image_records
-from vlmkit.training.accelerator import make_accelerator
 from vlmkit.training.loop import train
-from vlmkit.training.run import end_run, finish_run, save_model, setup_run
+from vlmkit.training.run import end_run, finish_run, save_model, start_run
 
 USAGE = """from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
@@ -53,13 +51,7 @@ image_processor = AutoImageProcessor.from_pretrained("{path}", backend="pil")
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(ClipConfig, argv, prog="clip_pretrain", description=__doc__)
-    started = time.perf_counter()
-    maybe_check_hub(cfg)
-    accelerator = make_accelerator(
-        output_dir=cfg.output_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision=cfg.mixed_precision, report_to=cfg.report_to,
-    )  # fmt: skip
-    out = setup_run(cfg, accelerator)
+    accelerator, out, started = start_run(cfg)
 
     skips = SkipCounter()
     read = dict(image_folder=cfg.image_folder, allow_outside_root=cfg.allow_outside_media_root, skips=skips)

@@ -17,7 +17,6 @@ eval_accuracy_before on --eval_prompts_path; eval_loss, eval_reward_accuracy, ev
 from __future__ import annotations
 
 import json
-import time
 
 from vlmkit.config.parser import parse_config
 from vlmkit.config.rlhf import DPOConfig
@@ -25,22 +24,15 @@ from vlmkit.data.loading import read_samples, subsample
 from vlmkit.data.preference import PreferenceCollator, count_pairs, preference_dataset
 from vlmkit.data.records import SkipCounter
 from vlmkit.eval.answers import answer_accuracy
-from vlmkit.hub.lifecycle import maybe_check_hub, maybe_push, write_vlm_card
+from vlmkit.hub.lifecycle import maybe_push, write_vlm_card
 from vlmkit.rlhf.dpo import DPOLoss, build_dpo_policy, evaluate_dpo
-from vlmkit.training.accelerator import make_accelerator
 from vlmkit.training.loop import train
-from vlmkit.training.run import end_run, finish_run, save_model, setup_run
+from vlmkit.training.run import end_run, finish_run, save_model, start_run
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(DPOConfig, argv, prog="dpo", description=__doc__)
-    started = time.perf_counter()
-    maybe_check_hub(cfg)
-    accelerator = make_accelerator(
-        output_dir=cfg.output_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision=cfg.mixed_precision, report_to=cfg.report_to,
-    )  # fmt: skip
-    out = setup_run(cfg, accelerator)
+    accelerator, out, started = start_run(cfg)
 
     model, processor, reference = build_dpo_policy(cfg)
     skips = SkipCounter()

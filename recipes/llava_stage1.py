@@ -12,32 +12,23 @@ Writes the model (encoder/, language_model/, connector.safetensors), config.yaml
 
 from __future__ import annotations
 
-import time
-
 from vlmkit.config.parser import parse_config
 from vlmkit.config.recipes import Stage1Config
 from vlmkit.data.batching import build_train_data
 from vlmkit.data.loading import sft_dataset
 from vlmkit.data.records import SkipCounter
 from vlmkit.eval.loss import eval_token_loss
-from vlmkit.hub.lifecycle import maybe_check_hub, maybe_push, write_vlm_card
+from vlmkit.hub.lifecycle import maybe_push, write_vlm_card
 from vlmkit.models.build import build_vlm
-from vlmkit.training.accelerator import make_accelerator
 from vlmkit.training.freeze import set_trainable
 from vlmkit.training.loop import train
 from vlmkit.training.losses import sft_loss
-from vlmkit.training.run import end_run, finish_run, save_model, setup_run
+from vlmkit.training.run import end_run, finish_run, save_model, start_run
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(Stage1Config, argv, prog="llava_stage1", description=__doc__)
-    started = time.perf_counter()
-    maybe_check_hub(cfg)
-    accelerator = make_accelerator(
-        output_dir=cfg.output_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision=cfg.mixed_precision, report_to=cfg.report_to,
-    )  # fmt: skip
-    out = setup_run(cfg, accelerator)
+    accelerator, out, started = start_run(cfg)
 
     model, processor = build_vlm(cfg)
     set_trainable(model, "align")

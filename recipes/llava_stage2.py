@@ -15,7 +15,6 @@ train_log.jsonl, loss.png and README.md into --output_dir.
 from __future__ import annotations
 
 import json
-import time
 
 from vlmkit.config.parser import parse_config
 from vlmkit.config.recipes import Stage2Config
@@ -24,24 +23,18 @@ from vlmkit.data.loading import read_samples, sft_dataset, subsample
 from vlmkit.data.records import SkipCounter
 from vlmkit.eval.answers import answer_accuracy
 from vlmkit.eval.loss import eval_token_loss
-from vlmkit.hub.lifecycle import maybe_check_hub, maybe_push, write_vlm_card
+from vlmkit.hub.lifecycle import maybe_push, write_vlm_card
 from vlmkit.models.build import build_vlm, load_vlm
-from vlmkit.training.accelerator import make_accelerator, parameter_layout
+from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.freeze import set_trainable
 from vlmkit.training.loop import train
 from vlmkit.training.losses import sft_loss
-from vlmkit.training.run import end_run, finish_run, model_for_eval, save_model, setup_run
+from vlmkit.training.run import end_run, finish_run, model_for_eval, save_model, start_run
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(Stage2Config, argv, prog="llava_stage2", description=__doc__)
-    started = time.perf_counter()
-    maybe_check_hub(cfg)
-    accelerator = make_accelerator(
-        output_dir=cfg.output_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision=cfg.mixed_precision, report_to=cfg.report_to,
-    )  # fmt: skip
-    out = setup_run(cfg, accelerator)
+    accelerator, out, started = start_run(cfg)
 
     model, processor = build_vlm(cfg, cfg)
     set_trainable(model, "instruct", tune_encoder=cfg.tune_encoder)

@@ -17,15 +17,13 @@ masked-patch loss), loss.png and README.md into --output_dir. Stage 1 takes that
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from vlmkit.config.parser import parse_config
 from vlmkit.config.ssl_image import MaeConfig
 from vlmkit.data.loading import subsample
 from vlmkit.data.records import SkipCounter
-from vlmkit.hub.lifecycle import data_summary, maybe_check_hub, maybe_push
+from vlmkit.hub.lifecycle import data_summary, maybe_push
 from vlmkit.hub.model_card import write_model_card
 from vlmkit.models.encoders import load_encoder
 from vlmkit.ssl.image_data import ImageCollator, ImageRecordDataset, read_image_records
@@ -37,9 +35,8 @@ from vlmkit.ssl.mae_model import (
     probe_accuracy,
     random_init_encoder,
 )
-from vlmkit.training.accelerator import make_accelerator
 from vlmkit.training.loop import train
-from vlmkit.training.run import end_run, finish_run, save_model, setup_run
+from vlmkit.training.run import end_run, finish_run, save_model, start_run
 
 USAGE = """from transformers import AutoImageProcessor, ViTMAEModel
 
@@ -50,13 +47,7 @@ image_processor = AutoImageProcessor.from_pretrained("{path}", backend="pil")
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(MaeConfig, argv, prog="mae_pretrain", description=__doc__)
-    started = time.perf_counter()
-    maybe_check_hub(cfg)
-    accelerator = make_accelerator(
-        output_dir=cfg.output_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision=cfg.mixed_precision, report_to=cfg.report_to,
-    )  # fmt: skip
-    out = setup_run(cfg, accelerator)
+    accelerator, out, started = start_run(cfg)
 
     model = build_mae_model(cfg)
     if cfg.model_name_or_path:

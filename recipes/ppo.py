@@ -23,21 +23,20 @@ variance, response length, rollout/update seconds per step), loss.png and README
 from __future__ import annotations
 
 import json
-import time
 
 from vlmkit.config.parser import parse_config
 from vlmkit.config.ppo import PPOConfig
 from vlmkit.data.loading import read_samples, subsample
 from vlmkit.data.records import SkipCounter
 from vlmkit.eval.answers import describe_sample, exact_match
-from vlmkit.hub.lifecycle import maybe_check_hub, maybe_push, write_vlm_card
+from vlmkit.hub.lifecycle import maybe_push, write_vlm_card
 from vlmkit.models.build import build_vlm
 from vlmkit.rlhf.ppo_trainer import PPOTrainer
 from vlmkit.rlhf.rewards import build_reward
 from vlmkit.rlhf.value_model import build_actor_critic, frozen_reference, prepare_frozen
-from vlmkit.training.accelerator import make_accelerator, parameter_layout
+from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.reporting import LOG_FILE, PLOT_FILE, plot_loss
-from vlmkit.training.run import end_run, finish_run, setup_run
+from vlmkit.training.run import end_run, finish_run, start_run
 
 EXAMPLES_FILE = "eval_examples.json"
 NUM_EXAMPLES = 12  # held-out prompts whose answers before and after PPO are saved (and shown in reports)
@@ -45,13 +44,7 @@ NUM_EXAMPLES = 12  # held-out prompts whose answers before and after PPO are sav
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(PPOConfig, argv, prog="ppo", description=__doc__)
-    started = time.perf_counter()
-    maybe_check_hub(cfg)
-    accelerator = make_accelerator(
-        output_dir=cfg.output_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision=cfg.mixed_precision, report_to=cfg.report_to,
-    )  # fmt: skip
-    out = setup_run(cfg, accelerator)
+    accelerator, out, started = start_run(cfg)
 
     # Policy (full or LoRA), the frozen reference it started from, and the value model.
     policy, processor = build_vlm(cfg, cfg)

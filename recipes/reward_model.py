@@ -15,13 +15,11 @@ eval_mean_margin, eval_loss), train_log.jsonl, loss.png and README.md into --out
 
 from __future__ import annotations
 
-import time
-
 from vlmkit.config.parser import parse_config
 from vlmkit.config.rlhf import RewardModelConfig
 from vlmkit.data.preference import PreferenceCollator, count_pairs, preference_dataset
 from vlmkit.data.records import SkipCounter
-from vlmkit.hub.lifecycle import maybe_check_hub, maybe_push, write_vlm_card
+from vlmkit.hub.lifecycle import maybe_push, write_vlm_card
 from vlmkit.rlhf.reward_model import (
     REWARD_USAGE,
     RewardLoss,
@@ -29,21 +27,15 @@ from vlmkit.rlhf.reward_model import (
     build_reward_model,
     evaluate_pairs,
 )
-from vlmkit.training.accelerator import make_accelerator, parameter_layout
+from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.freeze import set_trainable
 from vlmkit.training.loop import train
-from vlmkit.training.run import end_run, finish_run, model_for_eval, save_model, setup_run
+from vlmkit.training.run import end_run, finish_run, model_for_eval, save_model, start_run
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(RewardModelConfig, argv, prog="reward_model", description=__doc__)
-    started = time.perf_counter()
-    maybe_check_hub(cfg)
-    accelerator = make_accelerator(
-        output_dir=cfg.output_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision=cfg.mixed_precision, report_to=cfg.report_to,
-    )  # fmt: skip
-    out = setup_run(cfg, accelerator)
+    accelerator, out, started = start_run(cfg)
 
     model, processor = build_reward_model(cfg, cfg)
     # With LoRA only the adapters and the head train; otherwise the connector and LLM too.

@@ -21,7 +21,6 @@ train_log.jsonl (contrastive/diversity loss, perplexity, temperature per step), 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from statistics import mean
 
@@ -29,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from vlmkit.config.parser import parse_config
 from vlmkit.config.ssl_audio import Wav2Vec2PretrainConfig
-from vlmkit.hub.lifecycle import data_summary, maybe_check_hub, maybe_push
+from vlmkit.hub.lifecycle import data_summary, maybe_push
 from vlmkit.hub.model_card import write_model_card
 from vlmkit.ssl.audio_data import AudioClipDataset, collate_clips
 from vlmkit.ssl.wav2vec2_pretraining import (
@@ -40,9 +39,8 @@ from vlmkit.ssl.wav2vec2_pretraining import (
     random_init_like,
     save_pretrained_encoder,
 )
-from vlmkit.training.accelerator import make_accelerator
 from vlmkit.training.loop import train
-from vlmkit.training.run import end_run, finish_run, setup_run
+from vlmkit.training.run import end_run, finish_run, start_run
 
 USAGE = """from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
@@ -54,13 +52,7 @@ feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained("{path}")
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(Wav2Vec2PretrainConfig, argv, prog="wav2vec2_pretrain", description=__doc__)
-    started = time.perf_counter()
-    maybe_check_hub(cfg)
-    accelerator = make_accelerator(
-        output_dir=cfg.output_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision=cfg.mixed_precision, report_to=cfg.report_to,
-    )  # fmt: skip
-    out = setup_run(cfg, accelerator)
+    accelerator, out, started = start_run(cfg)
 
     model = build_pretraining_model(cfg)
     feature_extractor = build_feature_extractor(cfg.model_name_or_path, cfg.sampling_rate)

@@ -13,9 +13,25 @@ from pathlib import Path
 import torch
 
 from vlmkit.config.parser import save_config
+from vlmkit.hub.lifecycle import maybe_check_hub
+from vlmkit.training.accelerator import make_accelerator
 from vlmkit.training.reporting import LOG_FILE, PLOT_FILE, plot_loss, write_metrics
 
 logger = logging.getLogger(__name__)
+
+
+def start_run(cfg):
+    """The opening every recipe shares: start the clock, check Hub access (a missing token or offline Hub fails
+    in seconds, before any model loads), build the Accelerator and set up output_dir.
+
+    Returns (accelerator, output directory, start time for `finish_run`)."""
+    started = time.perf_counter()
+    maybe_check_hub(cfg)
+    accelerator = make_accelerator(
+        output_dir=cfg.output_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision, report_to=cfg.report_to,
+    )  # fmt: skip
+    return accelerator, setup_run(cfg, accelerator), started
 
 
 def setup_run(cfg, accelerator=None) -> Path:
