@@ -101,13 +101,13 @@ def _cfg(args, data: Path, images: Path, out: Path, cache_dir: Path | None):
 
 def run_epoch(args, data: Path, images: Path, cache_dir: Path | None) -> dict:
     """(cache build seconds, one epoch of the stage-1 loop in seconds) through the recipe's data path."""
-    from vlmkit.data.batching import build_train_data
     from vlmkit.data.records import SkipCounter
     from vlmkit.models.build import build_vlm
     from vlmkit.training.accelerator import make_accelerator
     from vlmkit.training.freeze import set_trainable
     from vlmkit.training.loop import train
     from vlmkit.training.losses import sft_loss
+    from vlmkit.training.train_data import build_train_data
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _cfg(args, data, images, Path(tmp), cache_dir)

@@ -126,13 +126,13 @@ def _sync() -> None:
 
 def stage2_step(args, extra: list[str] | None = None, compare_packing: bool = False) -> dict:
     """A few bf16 stage-2 steps through build_vlm + build_train_data + the training loop; timing, MFU, memory."""
-    from vlmkit.data.batching import build_train_data
     from vlmkit.data.records import SkipCounter
     from vlmkit.models.build import build_vlm
     from vlmkit.training.accelerator import make_accelerator
     from vlmkit.training.freeze import set_trainable
     from vlmkit.training.loop import train
     from vlmkit.training.losses import sft_loss
+    from vlmkit.training.train_data import build_train_data
 
     cfg = _stage2_cfg(args, extra or [])
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)

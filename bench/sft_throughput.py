@@ -106,13 +106,13 @@ def _vlmkit_cfg(args, data: Path, images: Path, out: Path, packed: bool, rows: i
 
 def run_vlmkit(args, data: Path, images: Path, packed: bool, rows: int) -> dict:
     """One epoch of vlmkit stage-2 training through the recipe's own data path and loop."""
-    from vlmkit.data.batching import build_train_data
     from vlmkit.data.records import SkipCounter
     from vlmkit.models.build import build_vlm
     from vlmkit.training.accelerator import make_accelerator
     from vlmkit.training.freeze import set_trainable
     from vlmkit.training.loop import train
     from vlmkit.training.losses import sft_loss
+    from vlmkit.training.train_data import build_train_data
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _vlmkit_cfg(args, data, images, Path(tmp), packed, rows)

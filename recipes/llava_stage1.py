@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from vlmkit.config.parser import parse_config
 from vlmkit.config.recipes import Stage1Config
-from vlmkit.data.batching import build_train_data
 from vlmkit.data.loading import sft_dataset
 from vlmkit.data.records import SkipCounter
 from vlmkit.eval.loss import eval_token_loss
@@ -24,6 +23,7 @@ from vlmkit.training.freeze import set_trainable
 from vlmkit.training.loop import train
 from vlmkit.training.losses import sft_loss
 from vlmkit.training.run import end_run, finish_run, save_model, start_run
+from vlmkit.training.train_data import build_train_data
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -18,7 +18,6 @@ import json
 
 from vlmkit.config.parser import parse_config
 from vlmkit.config.recipes import Stage2Config
-from vlmkit.data.batching import build_train_data
 from vlmkit.data.loading import read_samples, sft_dataset, subsample
 from vlmkit.data.records import SkipCounter
 from vlmkit.eval.answers import answer_accuracy
@@ -30,6 +29,7 @@ from vlmkit.training.freeze import set_trainable
 from vlmkit.training.loop import train
 from vlmkit.training.losses import sft_loss
 from vlmkit.training.run import end_run, finish_run, model_for_eval, save_model, start_run
+from vlmkit.training.train_data import build_train_data
 
 
 def main(argv: list[str] | None = None) -> dict:

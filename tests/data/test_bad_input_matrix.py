@@ -25,8 +25,8 @@ from vlmkit.config.recipes import Stage2Config
 from vlmkit.data.loading import sft_dataset
 from vlmkit.data.records import BadSampleError, SkipCounter
 from vlmkit.data.sft_dataset import SFTCollator
+from vlmkit.models.model_paths import resolve_model_path
 from vlmkit.models.processor import MediaSpec, VLMProcessor, ensure_special_tokens, load_media_processor
-from vlmkit.models.tiny import resolve_model_path
 
 QUESTION = {"from": "human", "value": "<image>\nWhat colour is this?"}
 

@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 
 from vlmkit.config.args import ModelArgs
-from vlmkit.data.batching import build_train_data
 from vlmkit.data.packing import PackedCollator, PackedDataset, block_causal_mask, pack_lengths
 from vlmkit.data.records import Sample, SkipCounter, Turn
 from vlmkit.data.sft_dataset import SFTCollator, SFTDataset
 from vlmkit.models.build import build_vlm
 from vlmkit.training.loop import count_supervised_tokens
 from vlmkit.training.losses import token_loss_sum
+from vlmkit.training.train_data import build_train_data
 
 
 def test_pack_lengths_fills_bins_and_keeps_every_sample_once():
@@ -161,7 +161,7 @@ def test_without_position_resets_samples_would_leak(world):
 
 
 def test_build_train_data_options(world, monkeypatch):
-    monkeypatch.setattr("vlmkit.data.batching.sft_dataset", lambda *a, **k: world.dataset)
+    monkeypatch.setattr("vlmkit.training.train_data.sft_dataset", lambda *a, **k: world.dataset)
     cfg = SimpleNamespace(
         data_path="x", max_length=112, packing=True, packing_max_tokens=112, group_by_length=False,
         per_device_train_batch_size=2, seed=0, feature_cache_dir=None,

@@ -16,8 +16,8 @@ NUM_MEDIA_TOKENS = 4
 def processor():
     from transformers import AutoTokenizer
 
+    from vlmkit.models.model_paths import resolve_model_path
     from vlmkit.models.processor import MediaSpec, VLMProcessor, load_media_processor
-    from vlmkit.models.tiny import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("vlmkit-tiny/llama"))
     media = load_media_processor(resolve_model_path("vlmkit-tiny/clip-vision"), "image")

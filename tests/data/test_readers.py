@@ -11,14 +11,7 @@ from PIL import Image
 from vlmkit.data.media import load_image
 from vlmkit.data.readers import (
     FORMATS,
-    load_samples,
     read_dataset,
-    read_hf_dataset,
-    read_llava_json,
-    read_openai_messages,
-    read_preference,
-    read_prompts,
-    read_sharegpt,
 )
 from vlmkit.data.records import BadSampleError, PreferenceSample, Sample, SkipCounter
 
@@ -58,7 +51,7 @@ def test_llava_multi_turn_non_ascii_subfolders_and_text_only(tmp_path, media):
         _llava([("human", "<image> vs <image>"), ("gpt", "green, blue")], ["vg/b.jpg", "coco/c.png"]),
         _llava([("system", "Be brief."), ("human", "colour?"), ("gpt", "red")], "coco/a.png"),
     ]
-    samples = read_llava_json(_write(tmp_path / "llava.json", records), str(media))
+    samples = read_dataset(_write(tmp_path / "llava.json", records), str(media), format="llava")
     assert [type(s) for s in samples] == [Sample] * 4
     first = samples[0]
     assert [t.role for t in first.turns] == ["user", "assistant", "user", "assistant"]
@@ -87,7 +80,7 @@ def test_sharegpt_jsonl_roles_system_and_images(tmp_path, media):
         },
         {"conversations": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
     ]
-    samples = read_sharegpt(_write(tmp_path / "sg.jsonl", records, jsonl=True), str(media))
+    samples = read_dataset(_write(tmp_path / "sg.jsonl", records, jsonl=True), str(media), format="sharegpt")
     assert [t.role for t in samples[0].turns] == ["system", "user", "assistant", "user", "assistant"]
     assert samples[0].turns[0].text == "Tu es utile."
     assert samples[0].turns[1].text == "Décris <image> puis compare."
@@ -118,7 +111,7 @@ def test_openai_messages_content_parts_in_order(tmp_path, media):
             "images": ["coco/c.png"],
         },
     ]
-    samples = read_openai_messages(_write(tmp_path / "msgs.json", records), str(media))
+    samples = read_dataset(_write(tmp_path / "msgs.json", records), str(media), format="messages")
     assert samples[0].turns[0].text == f"{QUESTION}\n<image>\nи это\n<image>"
     assert samples[0].images == [str(media / "coco/a.png"), str(media / "vg/b.jpg")]
     assert samples[1].images == []
@@ -130,7 +123,7 @@ def test_openai_http_url_refused(tmp_path, media):
     part = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
     records = [{"messages": [{"role": "user", "content": [part]}, {"role": "assistant", "content": "cat"}]}]
     with pytest.raises(BadSampleError, match="remote media not supported") as exc:
-        read_openai_messages(_write(tmp_path / "m.json", records), str(media))
+        read_dataset(_write(tmp_path / "m.json", records), str(media), format="messages")
     assert exc.value.index == 0 and "https://example.com/cat.png" in str(exc.value)
 
 
@@ -154,7 +147,7 @@ def test_hf_parquet_with_image_bytes_and_paths(tmp_path, media):
     }
     path = tmp_path / "data.parquet"
     datasets.Dataset.from_dict(rows, features=feats).to_parquet(str(path))
-    samples = read_hf_dataset(str(path), image_folder=str(media), cache_dir=str(tmp_path / "cache"))
+    samples = read_dataset(str(path), image_folder=str(media), cache_dir=str(tmp_path / "cache"), format="hf")
     assert len(samples) == 2 and samples[0].turns[1].text == "Grün"
     assert isinstance(samples[0].images[0], bytes)  # kept encoded: decoded lazily by load_image
     assert np.asarray(load_image(samples[0].images[0], source="t", index=0))[0, 0].tolist() == [0, 200, 0]
@@ -162,7 +155,7 @@ def test_hf_parquet_with_image_bytes_and_paths(tmp_path, media):
 
     convs = [_llava([("human", "<image>?"), ("gpt", "red")], "coco/a.png")]
     jsonl = _write(tmp_path / "conv.jsonl", convs, jsonl=True)
-    (one,) = read_hf_dataset(jsonl, image_folder=str(media), cache_dir=str(tmp_path / "cache"))
+    (one,) = read_dataset(jsonl, image_folder=str(media), cache_dir=str(tmp_path / "cache"), format="hf")
     assert one.images == [str(media / "coco/a.png")]
 
 
@@ -173,7 +166,7 @@ def test_hf_hub_name_offline_error_is_clear(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(BadSampleError, match="cannot load dataset") as exc:
-        read_hf_dataset("no-such-org/no-such-dataset", cache_dir=str(tmp_path / "cache"))
+        read_dataset("no-such-org/no-such-dataset", cache_dir=str(tmp_path / "cache"), format="hf")
     assert "no-such-org/no-such-dataset" in str(exc.value) and "Hub" in str(exc.value)
 
 
@@ -186,7 +179,9 @@ def test_preference_string_and_conversational_rows(tmp_path, media):
             "rejected": {"role": "assistant", "content": "5"},
         },
     ]
-    pairs = read_preference(_write(tmp_path / "pref.jsonl", records, jsonl=True), str(media))
+    pairs = read_dataset(
+        _write(tmp_path / "pref.jsonl", records, jsonl=True), str(media), format="preference"
+    )
     assert all(isinstance(p, PreferenceSample) for p in pairs)
     assert pairs[0].prompt[0].text == "<image> Which digit?" and pairs[0].rejected == "Один."
     assert pairs[0].images == [str(media / "coco/a.png")]
@@ -213,7 +208,7 @@ def test_preference_string_and_conversational_rows(tmp_path, media):
 )
 def test_preference_validation(tmp_path, row, field, category):
     with pytest.raises(BadSampleError) as exc:
-        read_preference(_write(tmp_path / "p.json", [row]))
+        read_dataset(_write(tmp_path / "p.json", [row]), format="preference")
     assert (exc.value.index, exc.value.field_name) == (0, field)
     assert exc.value.reason.startswith(category)
 
@@ -223,7 +218,7 @@ def test_prompts_answer_becomes_final_assistant_turn(tmp_path, media):
         {"prompt": "<image>Which digit is shown?", "images": ["vg/b.jpg"], "answer": 7},
         {"prompt": [{"role": "user", "content": "Say hi"}]},
     ]
-    samples = read_prompts(_write(tmp_path / "rl.json", records), str(media))
+    samples = read_dataset(_write(tmp_path / "rl.json", records), str(media), format="prompts")
     assert [(t.role, t.text) for t in samples[0].turns] == [
         ("user", "<image>Which digit is shown?"),
         ("assistant", "7"),
@@ -262,7 +257,7 @@ def test_jsonl_malformed_line_reports_line_number(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(f"{good}\n\n{good}\n{{'bad': 1}}\n{good}\n")
     with pytest.raises(BadSampleError, match="invalid JSON: line 4") as exc:
-        read_llava_json(str(path))
+        read_dataset(str(path), format="llava")
     assert exc.value.index == 2  # third record (the blank line is not a record)
 
 
@@ -271,7 +266,7 @@ def test_jsonl_validation_error_carries_line_number(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join([json.dumps(good), "", json.dumps(_llava([("robot", "q"), ("gpt", "a")]))]))
     with pytest.raises(BadSampleError, match=r"unknown role: 'robot'.*\(line 3\)") as exc:
-        read_llava_json(str(path))
+        read_dataset(str(path), format="llava")
     assert (exc.value.index, exc.value.field_name) == (1, "conversations[0]")
 
 
@@ -306,7 +301,9 @@ def test_malformed_json_file_reports_line_and_column(tmp_path):
 )
 def test_llava_validation_errors(tmp_path, record, field, category):
     with pytest.raises(BadSampleError) as exc:
-        read_llava_json(_write(tmp_path / "d.json", [_llava([("human", "ok"), ("gpt", "ok")]), record]))
+        read_dataset(
+            _write(tmp_path / "d.json", [_llava([("human", "ok"), ("gpt", "ok")]), record]), format="llava"
+        )
     assert (exc.value.index, exc.value.field_name) == (1, field)
     assert exc.value.reason.startswith(category), exc.value.reason
     assert str(tmp_path / "d.json") in str(exc.value)
@@ -324,7 +321,7 @@ def test_llava_validation_errors(tmp_path, record, field, category):
 def test_placeholder_count_mismatch_names_record(tmp_path, media, text, images, n_text, n_items):
     records = [_llava([("human", "fine"), ("gpt", "ok")]), _llava([("human", text), ("gpt", "a")], images)]
     with pytest.raises(BadSampleError, match="placeholder count mismatch") as exc:
-        read_llava_json(_write(tmp_path / "d.json", records), str(media))
+        read_dataset(_write(tmp_path / "d.json", records), str(media), format="llava")
     assert (exc.value.index, exc.value.field_name) == (1, "images")
     assert f"has {n_text} <image>" in str(exc.value) and f"has {n_items} images" in str(exc.value)
     assert "record 1" in str(exc.value)
@@ -334,14 +331,18 @@ def test_media_path_escape_and_missing_file(tmp_path, media):
     (tmp_path / "secret.png").write_bytes(b"x")
     escape = [_llava([("human", "<image>"), ("gpt", "a")], "../secret.png")]
     with pytest.raises(BadSampleError, match="allow_outside_root") as exc:
-        read_llava_json(_write(tmp_path / "d.json", escape), str(media))
+        read_dataset(_write(tmp_path / "d.json", escape), str(media), format="llava")
     assert exc.value.field_name == "images[0]"
-    (ok,) = read_llava_json(_write(tmp_path / "d.json", escape), str(media), allow_outside_root=True)
+    (ok,) = read_dataset(
+        _write(tmp_path / "d.json", escape), str(media), allow_outside_root=True, format="llava"
+    )
     assert ok.images == [str(tmp_path / "secret.png")]
     missing = [_llava([("human", "<image>"), ("gpt", "a")], "coco/zzz.png")]
     with pytest.raises(BadSampleError, match="media file not found"):
-        read_llava_json(_write(tmp_path / "d.json", missing), str(media))
-    (lazy,) = read_llava_json(_write(tmp_path / "d.json", missing), str(media), check_files=False)
+        read_dataset(_write(tmp_path / "d.json", missing), str(media), format="llava")
+    (lazy,) = read_dataset(
+        _write(tmp_path / "d.json", missing), str(media), check_files=False, format="llava"
+    )
     assert lazy.images == [str(media / "coco/zzz.png")]
 
 
@@ -357,9 +358,9 @@ def test_skip_mode_counts_and_drops_bad_records(tmp_path, media):
     path = tmp_path / "d.jsonl"
     path.write_text("\n".join(lines))
     with pytest.raises(BadSampleError):
-        load_samples(str(path), str(media))
+        read_dataset(str(path), str(media))
     skips = SkipCounter()
-    samples = load_samples(str(path), str(media), on_bad_sample="skip", skips=skips)
+    samples = read_dataset(str(path), str(media), on_bad_sample="skip", skips=skips)
     assert [s.index for s in samples] == [0, 4]
     assert skips.total == 3
     assert skips.as_dict() == {"invalid JSON": 1, "unknown role": 1, "media file not found": 1}
@@ -370,9 +371,9 @@ def test_empty_after_filtering_is_an_error(tmp_path):
     path = _write(tmp_path / "bad.json", records)
     skips = SkipCounter()
     with pytest.raises(BadSampleError, match="no usable records: 2 read, 2 skipped") as exc:
-        load_samples(path, on_bad_sample="skip", skips=skips)
+        read_dataset(path, on_bad_sample="skip", skips=skips)
     assert str(tmp_path / "bad.json") in str(exc.value) and skips.total == 2
     with pytest.raises(BadSampleError, match="no usable records"):
         read_dataset(_write(tmp_path / "empty.json", []), format="llava")
     with pytest.raises(ValueError, match="on_bad_sample must be one of"):
-        load_samples(path, on_bad_sample="ignore")
+        read_dataset(path, on_bad_sample="ignore")

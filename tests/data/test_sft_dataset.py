@@ -9,8 +9,9 @@ from PIL import Image
 from vlmkit.data.records import BadSampleError, Sample, SkipCounter, Turn
 from vlmkit.data.sft_dataset import SFTCollator, SFTDataset, pad_sequences
 from vlmkit.data.tokenize import IGNORE_INDEX
+from vlmkit.models.model_paths import resolve_model_path
 from vlmkit.models.processor import MediaSpec, VLMProcessor, load_media_processor
-from vlmkit.models.tiny import build_tokenizer, resolve_model_path
+from vlmkit.models.tiny import build_tokenizer
 
 N_MEDIA = 4
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}

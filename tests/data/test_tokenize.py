@@ -170,7 +170,7 @@ def test_zero_supervised_tokens_is_an_error(tok):
 def test_qwen2_tiny_tokenizer_with_a_default_system_prompt():
     from transformers import AutoTokenizer
 
-    from vlmkit.models.tiny import resolve_model_path
+    from vlmkit.models.model_paths import resolve_model_path
 
     tok = AutoTokenizer.from_pretrained(resolve_model_path("vlmkit-tiny/qwen2"))
     # Qwen2-style: a system message is inserted when the conversation has none.

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vlmkit.models.encoders import encode, encoder_spec, load_encoder, num_encoder_tokens
-from vlmkit.models.tiny import resolve_model_path
+from vlmkit.models.model_paths import resolve_model_path
 
 
 @pytest.fixture(scope="module")

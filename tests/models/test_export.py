@@ -178,7 +178,7 @@ def test_export_of_an_llm_with_tied_embeddings(tmp_path):
     """SmolLM2, Qwen2 and Gemma tie lm_head to the input embeddings: the export keeps them tied and equal."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlavaForConditionalGeneration
 
-    from vlmkit.models.tiny import resolve_model_path
+    from vlmkit.models.model_paths import resolve_model_path
 
     tiny = resolve_model_path("vlmkit-tiny/llama")
     torch.manual_seed(0)

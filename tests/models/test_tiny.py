@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vlmkit.models.model_paths import resolve_model_path
 from vlmkit.models.tiny import (
     SPECIAL_TOKENS,
     TINY_MODELS,
     build_tiny,
     build_tokenizer,
-    resolve_model_path,
     tiny_cache_dir,
 )
 

@@ -13,8 +13,8 @@ from vlmkit.config.recipes import Stage2Config
 from vlmkit.data.loading import sft_dataset
 from vlmkit.data.records import SkipCounter
 from vlmkit.data.sft_dataset import SFTCollator
+from vlmkit.models.model_paths import resolve_model_path
 from vlmkit.models.processor import MediaSpec, VLMProcessor, load_media_processor
-from vlmkit.models.tiny import resolve_model_path
 
 MAX_LENGTH = 80
 LONG_ANSWER = "The picture shows a handwritten digit, and the digit is seven. " * 12

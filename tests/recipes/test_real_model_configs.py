@@ -31,8 +31,8 @@ from vlmkit.data.loading import read_samples, sft_dataset
 from vlmkit.data.records import SkipCounter
 from vlmkit.data.tokenize import IGNORE_INDEX, tokenize_prompt
 from vlmkit.models.memory import estimate_finetune_memory
+from vlmkit.models.model_paths import resolve_model_path
 from vlmkit.models.processor import VLMProcessor
-from vlmkit.models.tiny import resolve_model_path
 
 CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
 STAGE1, STAGE2 = "llava15_stage1", "llava15_stage2"
@@ -352,7 +352,7 @@ def test_qlora_config_builds_a_4bit_lora_model_and_trains(recipe, data, tmp_path
             build_vlm(cfg, cfg)
         parts += ["--load_in_4bit", "false"]  # and everything else in the config still runs
         cfg = _load(QLORA, *parts)
-    # load_in_4bit as shipped: bitsandbytes' nf4 also runs on a CPU (see PLATFORM_NOTES).
+    # load_in_4bit as shipped: bitsandbytes' nf4 also runs on a CPU (bitsandbytes >= 0.45 has CPU kernels).
     model, processor = build_vlm(cfg, cfg)
     base = model.language_model.get_base_model()
     assert getattr(base, "is_loaded_in_4bit", False) == cfg.load_in_4bit

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_stage2 import load_weights, make_image_data, max_abs_diff, read_log, stage2_argv  # noqa: E402
 
-from vlmkit.models.tiny import resolve_model_path  # noqa: E402
+from vlmkit.models.model_paths import resolve_model_path  # noqa: E402
 from vlmkit.training import checkpoint as ckpt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -95,9 +95,6 @@ class DataArgs:
     allow_outside_media_root: bool = _f(False, "Allow media paths that escape image_folder/audio_folder.")
     max_length: int = _f(512, "Maximum tokens per sample, media tokens included.")
     truncation: str = _f("error", "A sample that would need cutting through media tokens: 'error' or 'drop'.")
-    build_embedded_data: bool = _f(
-        True, "Build the embedded digits data if data_path points into it and is missing."
-    )
     max_eval_samples: int = _f(0, "Evaluate on at most this many held-out samples (0: all).")
     max_new_tokens: int = _f(8, "Tokens generated per answer during evaluation.")
     packing: bool = _f(

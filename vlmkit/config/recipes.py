@@ -1,4 +1,4 @@
-"""Configs of the stage-1 and stage-2 recipes (stage 0, reward and RL configs live beside their code)."""
+"""Configs of the stage-1 (align) and stage-2 (instruct) LLaVA recipes; other stages have their own modules."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 The non-packed way to cut padding. Each epoch: a permutation from (seed, epoch), cut into megabatches of
 `megabatch_mult` global batches; each megabatch is sorted by length (longest first), so the batches cut
 from it hold neighbours in length. The batch with the longest sample of the epoch goes first, so an
-out-of-memory shows up at step 1, not hours in. Same interface as the loop's `EpochSampler`
+out-of-memory shows up at step 1, not hours in. Same interface as the default `EpochSampler`
 (`set_epoch`, `resume_at`, `__len__`), so resuming mid-epoch gives exactly the same remaining order.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from vlmkit.training.loop import EpochSampler
+from vlmkit.data.sampling import EpochSampler
 
 
 class LengthGroupedSampler(EpochSampler):

@@ -135,6 +135,6 @@ class SFTCollator:
             "media": torch.cat(media) if media else None,
         }
         features = [it["media_features"] for it in items if it.get("media_features") is not None]
-        if features:  # cached encoder outputs (vlmkit.models.feature_cache), (n, N, D_enc)
+        if features:  # cached encoder outputs (vlmkit.training.feature_cache), (n, N, D_enc)
             batch["media_features"] = torch.cat(features)
         return batch

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
+from vlmkit.models.model_paths import resolve_model_path
 from vlmkit.models.processor import MediaSpec, VLMProcessor, ensure_special_tokens, load_media_processor
 from vlmkit.models.rng import rng_untouched
-from vlmkit.models.tiny import resolve_model_path
 from vlmkit.models.vlm import VLM
 
 logger = logging.getLogger(__name__)

@@ -61,10 +61,6 @@ def load_encoder(
     return model
 
 
-def encoder_model_type(encoder: nn.Module) -> str:
-    return encoder.config.model_type
-
-
 def num_encoder_tokens(encoder: nn.Module, num_audio_samples: int = 16000) -> int:
     """Tokens per media item produced by `encode` before dropping CLS."""
     cfg = encoder.config

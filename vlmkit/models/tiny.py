@@ -174,10 +174,3 @@ def build_tiny(name: str, out_dir: str | Path | None = None, seed: int = 0) -> P
     except OSError:  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def resolve_model_path(name_or_path: str | None) -> str | None:
-    """Map `vlmkit-tiny/<name>` to a built local directory; anything else is returned unchanged."""
-    if name_or_path and name_or_path.startswith(TINY_PREFIX):
-        return str(build_tiny(name_or_path[len(TINY_PREFIX) :]))
-    return name_or_path

@@ -1,4 +1,8 @@
-"""RLHF maths: KL estimators and controllers, PPO rewards, GAE and clipped losses (pure functions)."""
+"""Reward models, DPO and PPO (rollouts, value model, trainer).
+
+The RL maths they share are pure functions, re-exported here: KL estimators and controllers, PPO rewards,
+GAE and clipped losses.
+"""
 
 from vlmkit.rlhf.kl import (
     KL_CONTROLLERS,

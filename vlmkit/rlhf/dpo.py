@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 
 from vlmkit.data.tokenize import IGNORE_INDEX
 from vlmkit.models.build import build_vlm
+from vlmkit.models.model_paths import resolve_model_path
 from vlmkit.models.processor import VLMProcessor
-from vlmkit.models.tiny import resolve_model_path
 from vlmkit.models.vlm import VLM
 from vlmkit.rlhf.ppo_math import logprobs_from_logits
 from vlmkit.training.freeze import set_trainable

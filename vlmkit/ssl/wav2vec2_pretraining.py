@@ -97,7 +97,7 @@ def build_pretraining_model(cfg, *, seed: int | None = None) -> nn.Module:
     from transformers import Wav2Vec2ForPreTraining
 
     if cfg.model_name_or_path:
-        from vlmkit.models.tiny import resolve_model_path
+        from vlmkit.models.model_paths import resolve_model_path
 
         path = resolve_model_path(cfg.model_name_or_path)
         return Wav2Vec2ForPreTraining.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
@@ -114,7 +114,7 @@ def build_feature_extractor(path: str | None = None, sampling_rate: int = 16000)
     from transformers import Wav2Vec2FeatureExtractor
 
     if path:
-        from vlmkit.models.tiny import resolve_model_path
+        from vlmkit.models.model_paths import resolve_model_path
 
         return Wav2Vec2FeatureExtractor.from_pretrained(resolve_model_path(path))
     return Wav2Vec2FeatureExtractor(

@@ -37,9 +37,10 @@ def make_accelerator(
     """An Accelerator with trackers under output_dir/runs; gloo when several processes run on CPU.
 
     DeepSpeed and FSDP launched through `accelerate launch` read their plugin settings from the environment
-    the launcher sets. On a CPU-only machine two things need help (see PLATFORM_NOTES): the process group must
-    be gloo, and FSDP must be forced (Accelerate only enables it on accelerators and would otherwise train
-    each rank alone). On a GPU nothing here changes what Accelerate does.
+    the launcher sets. On a CPU-only machine two things need help: the process group must be gloo (DeepSpeed
+    otherwise fails its train_batch_size check), and FSDP must be forced (Accelerate only enables it on
+    accelerators and would otherwise train each rank alone, without an error). On a GPU nothing here changes
+    what Accelerate does.
     """
     from accelerate import Accelerator, DataLoaderConfiguration, DistributedType
     from accelerate.utils import (

@@ -8,7 +8,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("align", "instruct", "reward", "encoder")
+STAGES = ("align", "instruct", "reward")
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

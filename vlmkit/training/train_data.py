@@ -21,6 +21,7 @@ from vlmkit.data.loading import sft_dataset
 from vlmkit.data.packing import PackedCollator, PackedDataset
 from vlmkit.data.records import SkipCounter
 from vlmkit.data.sft_dataset import SFTCollator
+from vlmkit.training.feature_cache import CachedFeatureDataset, build_feature_cache
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ def build_train_data(
     if getattr(cfg, "feature_cache_dir", None):
         if model is None:
             raise ValueError("feature_cache_dir needs the model (its frozen encoder computes the features)")
-        from vlmkit.models.feature_cache import CachedFeatureDataset, build_feature_cache
-
         cache, keys = build_feature_cache(
             train_set, model, processor, cfg.feature_cache_dir,
             batch_size=cfg.per_device_eval_batch_size, accelerator=accelerator, skips=skips,

@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 from vlmkit.config.args import ModelArgs
-from vlmkit.data.batching import build_train_data
 from vlmkit.data.records import BadSampleError, Sample, SkipCounter, Turn
 from vlmkit.data.sft_dataset import SFTCollator, SFTDataset
 from vlmkit.models.build import build_vlm
 from vlmkit.models.encoders import encode
-from vlmkit.models.feature_cache import (
+from vlmkit.models.vlm import VLM
+from vlmkit.training.feature_cache import (
     CachedFeatureDataset,
     FeatureCache,
     build_feature_cache,
@@ -22,9 +22,9 @@ from vlmkit.models.feature_cache import (
     media_hash,
     preprocessing_fingerprint,
 )
-from vlmkit.models.vlm import VLM
 from vlmkit.training.freeze import set_trainable
 from vlmkit.training.losses import token_loss_sum
+from vlmkit.training.train_data import build_train_data
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +179,7 @@ def test_build_train_data_trains_from_features(world, tmp_path, monkeypatch):
         packing_max_tokens=256, group_by_length=False, per_device_eval_batch_size=4,
         per_device_train_batch_size=2, seed=0,
     )  # fmt: skip
-    monkeypatch.setattr("vlmkit.data.batching.sft_dataset", lambda *a, **k: world.dataset)
+    monkeypatch.setattr("vlmkit.training.train_data.sft_dataset", lambda *a, **k: world.dataset)
     train_set, collate, sampler = build_train_data(cfg, world.processor, SkipCounter(), model=world.model)
     assert sampler is None
     batch = collate([train_set[i] for i in range(len(train_set))])

@@ -1,0 +1,16 @@
+"""Model names as the configs give them -> what `from_pretrained` loads.
+
+`vlmkit-tiny/<name>` names a tiny checkpoint built locally on first use (no download); any other name or
+path is passed through unchanged.
+"""
+
+from __future__ import annotations
+
+from vlmkit.models.tiny import TINY_PREFIX, build_tiny
+
+
+def resolve_model_path(name_or_path: str | None) -> str | None:
+    """Map `vlmkit-tiny/<name>` to a built local directory; anything else is returned unchanged."""
+    if name_or_path and name_or_path.startswith(TINY_PREFIX):
+        return str(build_tiny(name_or_path[len(TINY_PREFIX) :]))
+    return name_or_path
