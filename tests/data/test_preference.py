@@ -99,3 +99,16 @@ def test_empty_batch_and_wrong_record_type(processor):
     assert count_pairs({"empty": True}) == 0
     with pytest.raises(TypeError, match="preference"):
         PreferenceDataset([Sample([Turn("user", "hi")])], processor, max_length=32)
+
+
+def test_pair_with_bad_media_is_skipped_and_counted_once_over_two_epochs(processor, tmp_path):
+    pairs = [pair(index=0), pair(images=[str(tmp_path / "gone.png")], index=1), pair(index=2)]
+    with pytest.raises(BadSampleError, match="record 1.*image not found"):
+        PreferenceDataset(pairs, processor, max_length=128)[1]
+    skips = SkipCounter()
+    ds = PreferenceDataset(pairs, processor, max_length=128, on_bad_sample="skip", skips=skips)
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=PreferenceCollator(0))
+    for _ in range(2):  # two epochs meet the bad pair
+        (batch,) = list(loader)
+        assert count_pairs(batch) == 2
+    assert skips.total == 1 and "image not found" in next(iter(skips.as_dict()))

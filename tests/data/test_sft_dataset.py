@@ -113,6 +113,8 @@ def test_missing_image_skipped_at_load_time_and_dropped_by_the_collator(processo
     assert batch["input_ids"].shape[0] == 2
     assert [_color(m) for m in batch["media"]] == ["red", "blue"]
     assert skips.total == 1
+    next(iter(torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=collate)))  # a second epoch
+    assert skips.total == 1  # the bad record is counted once
     assert collate([None, None]) == {"empty": True}
 
 

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from vlmkit.data.loading import read_samples, subsample
 from vlmkit.data.records import BadSampleError, PreferenceSample, Sample, SkipCounter, Turn
-from vlmkit.data.sft_dataset import load_media_item, pad_sequences
+from vlmkit.data.sft_dataset import LazyMedia, pad_sequences
 from vlmkit.data.tokenize import IGNORE_INDEX, SampleDropped, TokenizedSample, tokenize_sample
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ class PreferenceDataset(Dataset):
     """Tokenizes both answers of every pair up front; decodes media lazily (once per pair).
 
     A pair whose text cannot be tokenized raises BadSampleError, or with `on_bad_sample="skip"` is counted
-    in `skips` and dropped; so is one whose media fails to decode (the item becomes None for the collator).
+    in `skips` and dropped; so is one whose media fails to decode (the item becomes None for the collator,
+    counted once however many epochs meet it).
     """
 
     def __init__(
@@ -54,6 +55,7 @@ class PreferenceDataset(Dataset):
         self.processor = processor
         self.on_bad_sample = on_bad_sample
         self.skips = skips if skips is not None else SkipCounter()
+        self.media = LazyMedia(processor, on_bad_sample, self.skips)
         self.items: list[tuple[TokenizedSample, TokenizedSample]] = []
         spec = processor.spec
         kwargs = dict(
@@ -88,19 +90,8 @@ class PreferenceDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict | None:
         chosen, rejected = self.items[i]
-        spec = self.processor.spec
-        try:
-            decoded = [
-                load_media_item(
-                    m, modality=spec.modality, source=chosen.source, index=chosen.index,
-                    sampling_rate=spec.sampling_rate,
-                )
-                for m in chosen.media
-            ]  # fmt: skip
-        except BadSampleError as err:
-            if self.on_bad_sample == "error":
-                raise
-            self.skips.add(err)
+        decoded = self.media.decode(i, chosen)  # both answers share the pair's media
+        if decoded is None:
             return None
         return {
             "chosen_input_ids": torch.tensor(chosen.input_ids),

@@ -22,11 +22,44 @@ def load_media_item(item, *, modality: str, source: str, index: int, sampling_ra
     return media.load_audio(item, target_sr=sampling_rate, source=source, index=index, field_name="audios")
 
 
+class LazyMedia:
+    """Decodes a dataset item's media when it is served; a bad item is counted once, however many epochs.
+
+    With `on_bad_sample="error"` a media file that fails to load raises BadSampleError; with "skip" the
+    item decodes to None and is added to `skips` the first time only.
+    """
+
+    def __init__(self, processor, on_bad_sample: str, skips: SkipCounter):
+        self.spec = processor.spec
+        self.on_bad_sample = on_bad_sample
+        self.skips = skips
+        self._bad: set[int] = set()
+
+    def decode(self, i: int, item: TokenizedSample) -> list | None:
+        """Decoded media of item `i` (empty for text-only items), or None when they failed to load."""
+        try:
+            return [
+                load_media_item(
+                    m, modality=self.spec.modality, source=item.source, index=item.index,
+                    sampling_rate=self.spec.sampling_rate,
+                )
+                for m in item.media
+            ]  # fmt: skip
+        except BadSampleError as err:
+            if self.on_bad_sample == "error":
+                raise
+            if i not in self._bad:
+                self._bad.add(i)
+                self.skips.add(err)
+            return None
+
+
 class SFTDataset(Dataset):
     """Tokenizes every sample up front (cheap, and it validates text); decodes media lazily.
 
     Bad samples raise BadSampleError, or with `on_bad_sample="skip"` are counted in `skips` and dropped
-    (text problems here, media problems in `__getitem__`, where the item becomes None for the collator).
+    (text problems here, media problems in `__getitem__`, where the item becomes None for the collator and
+    is counted once however many epochs meet it).
     """
 
     def __init__(
@@ -44,7 +77,7 @@ class SFTDataset(Dataset):
         self.processor = processor
         self.on_bad_sample = on_bad_sample
         self.skips = skips if skips is not None else SkipCounter()
-        self._bad_media: set[int] = set()
+        self.media = LazyMedia(processor, on_bad_sample, self.skips)
         self.items: list[TokenizedSample] = []
         for sample in samples:
             try:
@@ -80,20 +113,8 @@ class SFTDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict | None:
         item = self.items[i]
-        try:
-            decoded = [
-                load_media_item(
-                    m, modality=self.processor.spec.modality, source=item.source, index=item.index,
-                    sampling_rate=self.processor.spec.sampling_rate,
-                )
-                for m in item.media
-            ]  # fmt: skip
-        except BadSampleError as err:
-            if self.on_bad_sample == "error":
-                raise
-            if i not in self._bad_media:  # counted once, however many epochs meet it
-                self._bad_media.add(i)
-                self.skips.add(err)
+        decoded = self.media.decode(i, item)
+        if decoded is None:
             return None
         return {
             "input_ids": torch.tensor(item.input_ids),
