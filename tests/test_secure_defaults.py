@@ -5,17 +5,14 @@ from __future__ import annotations
 import ast
 import logging
 import secrets
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent / "training"))
-
-import tiny_loop  # noqa: E402
-from tiny_stage2 import make_image_data, stage2_argv  # noqa: E402
+from tests.helpers import tiny_loop
+from tests.helpers.tiny_stage2 import make_image_data, stage2_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(ROOT / "vlmkit").rglob("*.py"), *(ROOT / "recipes").rglob("*.py")])

@@ -11,8 +11,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def _load(name: str):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
+    """Import `bench/<name>.py` (each script puts bench/ on its own path for its `common` module)."""
     module_name = f"vlmkit_bench_{name}"
     if module_name in sys.modules:
         return sys.modules[module_name]

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from launching import STAGE2, run_recipe  # noqa: E402
+from tests.helpers.launching import STAGE2, run_recipe
 
 # A torch extension build holds `<build dir>/lock` for a minute or two; an older lock was left by a killed
 # build, and every later build would wait on it forever.

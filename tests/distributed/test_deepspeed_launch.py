@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from launching import (  # noqa: E402
+from tests.helpers.launching import (
     EVAL,
     STAGE2,
     VLM_FILES,

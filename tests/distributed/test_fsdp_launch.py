@@ -9,14 +9,19 @@ make_accelerator forces the FSDP state on CPU (only there); this test is what pr
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from launching import EVAL, STAGE2, assert_same_curve, assert_same_model, assert_sharded, metrics, run_recipe  # noqa: E402
+from tests.helpers.launching import (
+    EVAL,
+    STAGE2,
+    assert_same_curve,
+    assert_same_model,
+    assert_sharded,
+    metrics,
+    run_recipe,
+)
 
 
 @pytest.mark.slow

@@ -5,14 +5,11 @@ under ZeRO-3 a rank that skipped the vision tower would leave the other waiting 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from launching import assert_same_curve, assert_sharded, metrics, run_recipe  # noqa: E402
+from tests.helpers.launching import assert_same_curve, assert_sharded, metrics, run_recipe
 
 TEXT_ONLY = [
     ("What is two plus two?", "4"),

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import pytest
 from huggingface_hub import constants
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from recording_hub import RecordingHub  # noqa: E402
+from tests.helpers.recording_hub import RecordingHub
 
 FAKE_TOKEN = "hf_" + "TestTokenDoNotLeak0123456789abcd"
 

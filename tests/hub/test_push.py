@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from recording_hub import RecordingHub, SilentServer, closed_port_url
 
+from tests.helpers.recording_hub import RecordingHub, SilentServer, closed_port_url
 from vlmkit.hub import push as push_module
 from vlmkit.hub.model_card import write_model_card
 from vlmkit.hub.push import HubAccessError, check_hub_access, files_to_upload, push_to_hub

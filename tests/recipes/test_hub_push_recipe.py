@@ -1,25 +1,21 @@
 """Stage 2 with --use_lora --push_to_hub against a recording Hub server: what is uploaded, and where the token is.
 
-The server (tests/hub/recording_hub.py) answers the real huggingface_hub client on 127.0.0.1 and records every
+The server (tests/helpers/recording_hub.py) answers the real huggingface_hub client on 127.0.0.1 and records every
 request; HF_ENDPOINT points the recipe at it and HF_TOKEN holds a planted token.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from huggingface_hub import constants
 
+from tests.helpers.recording_hub import RecordingHub
+from vlmkit.hub.push import HubAccessError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT / "tests" / "hub"))
-
-from recording_hub import RecordingHub  # noqa: E402
-
-from vlmkit.hub.push import HubAccessError  # noqa: E402
-
 TOKEN = "hf_" + "RecipePlantedToken0123456789xyz"
 REPO = "tester/digits-llava-lora"
 

@@ -6,17 +6,13 @@ import errno
 import hashlib
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import tiny_loop  # noqa: E402
-
-from vlmkit.training import checkpoint as ckpt  # noqa: E402
+from tests.helpers import tiny_loop
+from vlmkit.training import checkpoint as ckpt
 
 FILES = ("model.safetensors", "optimizer.bin", "random_states_0.pkl")
 

@@ -16,12 +16,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny_stage2 import load_weights, make_image_data, max_abs_diff, read_log, stage2_argv  # noqa: E402
-
-from vlmkit.models.model_paths import resolve_model_path  # noqa: E402
-from vlmkit.training import checkpoint as ckpt  # noqa: E402
+from tests.helpers.tiny_stage2 import load_weights, make_image_data, max_abs_diff, read_log, stage2_argv
+from vlmkit.models.model_paths import resolve_model_path
+from vlmkit.training import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[2]
 PAUSE_LINE = "test hook: paused while writing checkpoint 4"

@@ -6,12 +6,7 @@ with long answers weigh the same whichever micro-batch they fall in; a per-micro
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny_stage2 import load_weights, make_image_data, max_abs_diff, read_log, stage2_argv  # noqa: E402
+from tests.helpers.tiny_stage2 import load_weights, make_image_data, max_abs_diff, read_log, stage2_argv
 
 
 def test_batch8_accum1_equals_batch1_accum8(tmp_path, recipe):

@@ -10,20 +10,15 @@ scaler: its non-finite steps are "bad" as in fp32.
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import tiny_loop  # noqa: E402
-
-from vlmkit.training import checkpoint as ckpt  # noqa: E402
-from vlmkit.training.accelerator import resolve_mixed_precision  # noqa: E402
-from vlmkit.training.loop import NonFiniteLossError, classify_step  # noqa: E402
+from tests.helpers import tiny_loop
+from vlmkit.training import checkpoint as ckpt
+from vlmkit.training.accelerator import resolve_mixed_precision
+from vlmkit.training.loop import NonFiniteLossError, classify_step
 
 
 class _NanGrad(torch.autograd.Function):

@@ -6,16 +6,12 @@ scheduler and the gradient-accumulation position must all come back for weights 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny_stage2 import load_weights, make_image_data, max_abs_diff, read_log, stage2_argv  # noqa: E402
-
-from vlmkit.training import loop  # noqa: E402
+from tests.helpers.tiny_stage2 import load_weights, make_image_data, max_abs_diff, read_log, stage2_argv
+from vlmkit.training import loop
 
 
 class _Interrupted(Exception):

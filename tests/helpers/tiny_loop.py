@@ -1,6 +1,6 @@
 """A sub-second harness for `vlmkit.training.loop.train`: linear regression through the real loop.
 
-Not a test module; tests import it after putting this folder on sys.path.
+Not a test module: `from tests.helpers import tiny_loop`.
 """
 
 from __future__ import annotations

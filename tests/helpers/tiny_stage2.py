@@ -1,6 +1,6 @@
 """Tiny stage-2 runs shared by the reliability tests: a small image dataset in tmp_path and argv builders.
 
-Not a test module (pytest collects only test_*.py); tests import it after putting this folder on sys.path.
+Not a test module: `from tests.helpers.tiny_stage2 import ...`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Test helpers shared across the test folders: tiny training runs, a recording Hub, distributed launches."""
