@@ -99,6 +99,7 @@ def test_resume_loads_nothing_with_weights_only_false(tmp_path, monkeypatch):
     assert seen and all(flag is True for flag in seen), seen
 
 
+@pytest.mark.slow
 def test_stage2_run_writes_safetensors_and_never_the_hub_token(tmp_path, monkeypatch, capfd, caplog, recipe):
     token = "hf_" + secrets.token_hex(16)
     monkeypatch.setenv("HF_TOKEN", token)

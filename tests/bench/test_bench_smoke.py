@@ -29,6 +29,7 @@ def _outputs(out: Path, name: str) -> dict:
     return data
 
 
+@pytest.mark.slow
 def test_sft_throughput_packed_vs_trl(tmp_path):
     result = _load("sft_throughput").main(
         ["--samples", "8", "--batch_size", "4", "--repeats", "1", "--in_process", "--out", str(tmp_path),

@@ -66,6 +66,7 @@ def test_mlp2x_gelu_parameter_names_match_llava():
     assert torch.allclose(conn(x), expected)
 
 
+@pytest.mark.slow
 def test_mlp2x_gelu_loads_into_transformers_llava_projector():
     from transformers import LlavaConfig
     from transformers.models.llava.modeling_llava import LlavaMultiModalProjector

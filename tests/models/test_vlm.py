@@ -158,6 +158,7 @@ def test_lora_applies_to_an_existing_model():
     assert names and all(("q_proj" in n or "v_proj" in n) for n in names)
 
 
+@pytest.mark.slow
 def test_stage2_from_parts_loads_the_stage1_connector(stage1_checkpoint):
     path = stage1_checkpoint / CONNECTOR_FILE
     stage1_kwargs = json.loads((stage1_checkpoint / "vlmkit_config.json").read_text())["connector_kwargs"]

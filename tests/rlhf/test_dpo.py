@@ -106,6 +106,7 @@ def sgd_steps(model, loss_fn, batch, steps=2, lr=0.5):
     return extras
 
 
+@pytest.mark.slow
 def test_lora_reference_is_the_model_with_adapters_off():
     torch.manual_seed(0)
     model, processor, reference = build_dpo_policy(tiny_cfg(use_lora=True, lora_r=4, lora_dropout=0.0))

@@ -183,6 +183,7 @@ def test_batch_times_accumulation_gives_the_same_update(base_policy, tmp_path):
     assert scale > 1e-4 and diff <= 1e-6 * max(1.0, scale), (diff, scale)
 
 
+@pytest.mark.slow
 def test_resumed_run_equals_uninterrupted_run(recipe, tmp_path):
     """Steps 3-4 after resuming from checkpoint-2 match the uninterrupted run: policy, value head, KL
     coefficient and the sampled rollouts (RNG) all continue exactly."""

@@ -131,6 +131,7 @@ def _distributed_worker(rank: int, world_size: int, out_path: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_process_loss_and_gradients_equal_single_process(tmp_path, monkeypatch):
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))

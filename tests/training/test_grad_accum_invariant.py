@@ -6,9 +6,12 @@ with long answers weigh the same whichever micro-batch they fall in; a per-micro
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers.tiny_stage2 import load_weights, make_image_data, max_abs_diff, read_log, stage2_argv
 
 
+@pytest.mark.slow
 def test_batch8_accum1_equals_batch1_accum8(tmp_path, recipe):
     main = recipe("llava_stage2").main
     data = make_image_data(tmp_path / "data", n=24)
