@@ -270,7 +270,9 @@ def newest_intact(output_dir: Path) -> Path | None:
         try:
             verify_checkpoint(path)
         except DamagedCheckpointError as err:
-            logger.warning("%s; falling back to an earlier checkpoint", err)
+            logger.warning(
+                "damaged checkpoint %s skipped (%s); falling back to an earlier checkpoint", path, err
+            )
             damaged.append(str(err))
             continue
         return path

@@ -88,7 +88,7 @@ def newest_checkpoint_note(output_dir: Path) -> str:
     except ckpt.DamagedCheckpointError as err:
         return f"no intact checkpoint to resume from ({err})"
     if newest is None:
-        return "no checkpoint saved yet (set --save_steps)"
+        return "no checkpoint was saved before this (see --save_steps)"
     return f"the newest intact checkpoint is {newest} (finite weights, files verified)"
 
 
