@@ -5,7 +5,7 @@ import random
 import pytest
 
 from vlmkit.data.length_grouping import LengthGroupedSampler
-from vlmkit.training.loop import EpochSampler
+from vlmkit.data.sampling import EpochSampler
 
 
 def _lengths(n=400, seed=0):

@@ -12,6 +12,7 @@ from vlmkit.data.packing import PackedCollator, PackedDataset, block_causal_mask
 from vlmkit.data.records import Sample, SkipCounter, Turn
 from vlmkit.data.sft_dataset import SFTCollator, SFTDataset
 from vlmkit.models.build import build_vlm
+from vlmkit.models.packed_attention import is_packed, packed_attention_kwargs
 from vlmkit.training.loop import count_supervised_tokens
 from vlmkit.training.losses import token_loss_sum
 from vlmkit.training.train_data import build_train_data
@@ -62,11 +63,19 @@ def test_block_causal_mask_blocks_other_samples():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("packing")
+    return _make_world(tmp_path_factory.mktemp("packing"), "llama", "sdpa")
+
+
+def _make_world(root, family: str, attn: str) -> SimpleNamespace:
+    """A tiny VLM with the `family` LLM and `attn` attention, five samples (with and without images) and
+    each sample's loss computed alone."""
     torch.manual_seed(0)
     model, processor = build_vlm(
-        ModelArgs(vision_tower="vlmkit-tiny/clip-vision", language_model="vlmkit-tiny/llama")
-    )
+        ModelArgs(
+            vision_tower="vlmkit-tiny/clip-vision", language_model=f"vlmkit-tiny/{family}",
+            attn_implementation=attn,
+        )
+    )  # fmt: skip
     model.eval()
     rng = np.random.default_rng(0)
     paths = []
@@ -174,3 +183,87 @@ def test_build_train_data_options(world, monkeypatch):
     cfg.packing, cfg.group_by_length = False, True
     _, collate, sampler = build_train_data(cfg, world.processor, SkipCounter(), model=world.model)
     assert isinstance(collate, SFTCollator) and sorted(sampler) == list(range(5))
+
+
+FAMILIES = [("llama", "sdpa"), ("llama", "eager"), ("qwen2", "sdpa"), ("qwen2", "eager")]
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=[f"{f}-{a}" for f, a in FAMILIES])
+def family_world(request, tmp_path_factory):
+    family, attn = request.param
+    return _make_world(tmp_path_factory.mktemp(f"packing-{family}-{attn}"), family, attn)
+
+
+def test_packed_logits_and_loss_equal_unpacked_for_every_lm_family(family_world, monkeypatch):
+    """The boundaries VLM.forward passes are enough on their own: transformers' detection of position-id
+    resets is switched off here, and every sample's logits and the batch loss still match unpacked runs."""
+    import transformers.masking_utils
+
+    world = family_world
+    monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda position_ids: None)
+    pad = world.processor.tokenizer.pad_token_id
+    packed = PackedDataset(world.dataset, max_tokens=112)
+    assert any(len(b) >= 2 for b in packed.bins)
+    batch = PackedCollator(pad)([packed[i] for i in range(len(packed))])
+    assert "attention_mask" not in batch
+    lengths = world.dataset.lengths()
+    with torch.no_grad():
+        logits = world.model(
+            input_ids=batch["input_ids"], media=batch.get("media"), position_ids=batch["position_ids"]
+        ).logits
+        # control: the same packed call without the boundaries (the LLM alone) attends across samples
+        embeds = world.model.embed(batch["input_ids"], batch.get("media"))
+        leaky = world.model.language_model(inputs_embeds=embeds, position_ids=batch["position_ids"]).logits
+    alone = SFTCollator(pad)
+    worst, leak = 0.0, 0.0
+    for r, row in enumerate(packed.bins):
+        start = 0
+        for j in row:
+            single = alone([world.dataset[j]])
+            with torch.no_grad():
+                expected = world.model(
+                    input_ids=single["input_ids"],
+                    attention_mask=single["attention_mask"],
+                    media=single["media"],
+                ).logits[0]
+            end = start + lengths[j]
+            worst = max(worst, (logits[r, start:end] - expected).abs().max().item())
+            leak = max(leak, (leaky[r, start:end] - expected).abs().max().item())
+            start = end
+    assert worst < 1e-4, worst
+    assert leak > 1e-3, leak  # so the comparison above can fail
+    packed_loss = float(token_loss_sum(logits, batch["labels"]))
+    assert packed_loss == pytest.approx(sum(world.expected.values()), rel=1e-5)
+
+
+def test_use_cache_with_packed_rows_is_refused(world):
+    packed = PackedDataset(world.dataset, max_tokens=112)
+    batch = PackedCollator(world.processor.tokenizer.pad_token_id)([packed[i] for i in range(len(packed))])
+    with pytest.raises(ValueError, match="use_cache=True with packed rows"):
+        world.model(
+            input_ids=batch["input_ids"], media=batch.get("media"), position_ids=batch["position_ids"],
+            use_cache=True,
+        )  # fmt: skip
+    # unpacked rows may still use the cache
+    single = SFTCollator(world.processor.tokenizer.pad_token_id)([world.dataset[1]])
+    out = world.model(input_ids=single["input_ids"], attention_mask=single["attention_mask"], use_cache=True)
+    assert out.past_key_values is not None
+
+
+def test_boundaries_passed_to_each_attention_backend():
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0]])
+    assert is_packed(positions, None) and not is_packed(torch.arange(6)[None], None)
+    assert not is_packed(positions, torch.ones(1, 6))  # a 2-D padding mask: padded rows, not packed ones
+    flash = packed_attention_kwargs("flash_attention_2", positions, None, torch.float32)
+    assert flash["cu_seq_lens_q"].tolist() == flash["cu_seq_lens_k"].tolist() == [0, 3, 5, 6]
+    assert flash["cu_seq_lens_q"].dtype == torch.int32 and flash["max_length_q"] == flash["max_length_k"] == 3
+    with pytest.raises(ValueError, match="one flattened row"):
+        packed_attention_kwargs("flash_attention_2", positions.expand(2, -1), None, torch.float32)
+    sdpa = packed_attention_kwargs("sdpa", positions, None, torch.float32)["attention_mask"]
+    assert sdpa.dtype == torch.bool and sdpa.shape == (1, 1, 6, 6)
+    assert torch.equal(sdpa, block_causal_mask(positions, torch.float32) == 0)
+    eager = packed_attention_kwargs("eager", positions, None, torch.bfloat16)["attention_mask"]
+    assert eager.dtype == torch.bfloat16 and eager[0, 0, 3, 2] == torch.finfo(torch.bfloat16).min
+    assert packed_attention_kwargs("sdpa", torch.arange(6)[None], None, torch.float32) == {}
+    with pytest.raises(ValueError, match="flex_attention"):
+        packed_attention_kwargs("flex_attention", positions, None, torch.float32)

@@ -34,7 +34,7 @@ def _mixed_data(digits_data: Path) -> Path:
 
 @pytest.mark.slow
 def test_zero3_with_image_and_text_only_ranks_finishes_on_the_one_process_curve(digits_data, tmp_path):
-    from vlmkit.training.loop import EpochSampler
+    from vlmkit.data.sampling import EpochSampler
 
     data = str(_mixed_data(digits_data))
     # Batch 1 per rank: at step k rank 0 trains on row order[2k] and rank 1 on order[2k + 1] (Accelerate deals

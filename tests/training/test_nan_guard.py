@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from tests.helpers import tiny_loop
 from vlmkit.training import checkpoint as ckpt
 from vlmkit.training.accelerator import resolve_mixed_precision
-from vlmkit.training.loop import NonFiniteLossError, classify_step
+from vlmkit.training.stepping import NonFiniteLossError, classify_step
 
 
 class _NanGrad(torch.autograd.Function):

@@ -1,14 +1,14 @@
 """Padding-free packing: whole multimodal samples back to back in rows of a fixed token budget.
 
 A packed row holds several tokenized samples (text + expanded media tokens). Position ids restart at 0
-for every sample and attention never crosses a sample boundary:
+for every sample and attention never crosses a sample boundary: `VLM.forward` passes the boundaries to the
+attention explicitly (`vlmkit.models.packed_attention`), rather than relying on transformers noticing the
+resets (which it does only without an attention mask and without a KV cache):
 
-- sdpa / eager: the batch carries `position_ids` and no `attention_mask`; transformers' masking utilities
-  (5.x) see the position-id resets and build the block-diagonal causal mask themselves (checked in
-  tests/data/test_packing.py against `block_causal_mask`). `PackedCollator(explicit_mask=True)` passes that
-  4D mask instead, for attention backends that do not detect packing.
-- flash_attention_2: `flatten=True` puts the whole micro-batch in one (1, T) row; transformers' varlen
-  path derives the sequence boundaries from the position ids (it needs batch size 1 for that).
+- sdpa / eager: a 4D block-diagonal causal mask built from the position ids (see `block_causal_mask`);
+  `PackedCollator(explicit_mask=True)` builds it in the collator instead.
+- flash_attention_2: `flatten=True` puts the whole micro-batch in one (1, T) row and the model passes
+  `cu_seq_lens_q/k` derived from the position ids to flash-attn's varlen kernel.
 
 The first label of every sample is set to -100, so the token that ends one sample is never trained to
 predict the start of the next one, and `count_supervised_tokens` counts exactly what unpacked batches do.
@@ -69,6 +69,7 @@ class PackedDataset(Dataset):
 
     def __init__(self, dataset: Dataset, max_tokens: int, lengths: Sequence[int] | None = None):
         self.dataset = dataset
+        self.skips = getattr(dataset, "skips", None)  # the base dataset's counter, for the training loop
         self.max_tokens = max_tokens
         self.sample_lengths = list(lengths if lengths is not None else dataset.lengths())
         if len(self.sample_lengths) != len(dataset):
@@ -96,9 +97,10 @@ class PackedDataset(Dataset):
 
 
 def block_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Additive 4D mask (R, 1, T, T): 0 where query t may attend key s (same sample, s <= t), else -inf-ish.
+    """4D mask (R, 1, T, T) letting query t attend key s only within its own sample and s <= t.
 
-    position_ids: (R, T), restarting at 0 at each sample start.
+    position_ids: (R, T), restarting at 0 at each sample start. `dtype` torch.bool gives True where attention
+    is allowed (sdpa); a float dtype gives an additive mask, 0 where allowed and the dtype's minimum elsewhere.
     """
     starts = position_ids == 0
     starts[:, 0] = True
@@ -106,6 +108,8 @@ def block_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype = torch.flo
     t = position_ids.shape[-1]
     causal = torch.ones(t, t, dtype=torch.bool, device=position_ids.device).tril()
     allowed = (seq[:, :, None] == seq[:, None, :]) & causal
+    if dtype == torch.bool:
+        return allowed[:, None]
     mask = torch.zeros(allowed.shape, dtype=dtype, device=position_ids.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]

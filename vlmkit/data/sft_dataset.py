@@ -33,7 +33,6 @@ class LazyMedia:
         self.spec = processor.spec
         self.on_bad_sample = on_bad_sample
         self.skips = skips
-        self._bad: set[int] = set()
 
     def decode(self, i: int, item: TokenizedSample) -> list | None:
         """Decoded media of item `i` (empty for text-only items), or None when they failed to load."""
@@ -48,9 +47,8 @@ class LazyMedia:
         except BadSampleError as err:
             if self.on_bad_sample == "error":
                 raise
-            if i not in self._bad:
-                self._bad.add(i)
-                self.skips.add(err)
+            # keyed by record: counted once however many epochs (and DataLoader workers) meet it
+            self.skips.add(err, key=("media", item.source, item.index))
             return None
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from vlmkit.models.connectors import build_connector
 from vlmkit.models.encoders import encode, encoder_spec, load_encoder, num_encoder_tokens
+from vlmkit.models.packed_attention import packed_attention_kwargs
 from vlmkit.models.rng import rng_untouched
 
 CONFIG_FILE = "vlmkit_config.json"
@@ -221,15 +222,25 @@ class VLM(nn.Module):
         media: torch.Tensor | None = None,
         media_features: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        use_cache: bool = False,
         **kwargs,
     ):
-        """Returns the LLM output (logits (B, T, V)); the loss is computed by the caller."""
+        """Returns the LLM output (logits (B, T, V)); the loss is computed by the caller.
+
+        Packed rows (position ids restarting inside a row, no 2-D mask) get their sample boundaries passed
+        to the attention explicitly (`packed_attention`); `use_cache=True` with packed rows is refused.
+        """
         embeds = self.embed(input_ids, media, media_features)
+        boundaries = packed_attention_kwargs(
+            self.language_model.config._attn_implementation, position_ids, attention_mask, embeds.dtype,
+            use_cache=use_cache,
+        )  # fmt: skip
         return self.language_model(
             inputs_embeds=embeds,
-            attention_mask=attention_mask,
+            attention_mask=boundaries.pop("attention_mask", attention_mask),
             position_ids=position_ids,
-            use_cache=False,
+            use_cache=use_cache,
+            **boundaries,
             **kwargs,
         )
 
