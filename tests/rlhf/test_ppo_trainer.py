@@ -61,7 +61,7 @@ def base_policy():
 
 def make_trainer(base_policy, tmp_path, lora: bool = False, **overrides) -> PPOTrainer:
     fields = dict(
-        reward_function=f"{__name__}:odd_reference", output_dir=str(tmp_path), per_device_train_batch_size=4,
+        reward_funcs=[f"{__name__}:odd_reference"], output_dir=str(tmp_path), per_device_train_batch_size=4,
         gradient_accumulation_steps=1, num_mini_batches=2, num_ppo_epochs=2, max_new_tokens=3,
         learning_rate=1e-3, mixed_precision="no", report_to=["none"], seed=3, init_kl_coef=0.1, kl_target=0.5,
         kl_horizon=100, kl_controller="adaptive",
