@@ -3,6 +3,7 @@ accumulation invariance, and exact resume of policy, value model, optimizer, KL 
 
 import copy
 import json
+import math
 import shutil
 
 import numpy as np
@@ -15,10 +16,13 @@ from vlmkit.config.args import ModelArgs
 from vlmkit.config.ppo import PPOConfig
 from vlmkit.data.records import Sample, Turn
 from vlmkit.models.build import apply_lora, build_vlm
+from vlmkit.rlhf import ppo_trainer
 from vlmkit.rlhf.ppo_trainer import PPOTrainer
 from vlmkit.rlhf.rewards import FunctionReward
 from vlmkit.rlhf.value_model import build_actor_critic, frozen_reference
+from vlmkit.training import checkpoint as ckpt
 from vlmkit.training.accelerator import make_accelerator
+from vlmkit.training.stepping import NonFiniteLossError
 
 PARTS = [
     "--model_name_or_path",
@@ -212,3 +216,50 @@ def test_resumed_run_equals_uninterrupted_run(recipe, tmp_path):
     ):
         a, b = load_file(str(full / name)), load_file(str(resumed / name))
         assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6, name
+
+
+def _poison_policy_loss(monkeypatch, trainer, bad_calls=frozenset(), from_call=None) -> list[dict]:
+    """Make the PPO policy loss NaN on the chosen calls (one call per micro-batch); returns the policy's
+    weights as they were at each call."""
+    real, snapshots = ppo_trainer.policy_loss, []
+
+    def policy_loss(*args, **kwargs):
+        snapshots.append({k: v.detach().clone() for k, v in trainer.bare.state_dict().items()})
+        loss, stats = real(*args, **kwargs)
+        n = len(snapshots)
+        if n in bad_calls or (from_call is not None and n >= from_call):
+            loss = loss * math.nan
+        return loss, stats
+
+    monkeypatch.setattr(ppo_trainer, "policy_loss", policy_loss)
+    return snapshots
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_nan_update_is_skipped_counted_and_logged_like_in_sft(base_policy, tmp_path, monkeypatch):
+    # 2 steps x 2 PPO epochs x 2 mini-batches = 8 updates of one micro-batch each; the 3rd one is NaN.
+    trainer = make_trainer(base_policy, tmp_path, max_steps=2, save_steps=0, logging_steps=1)
+    snaps = _poison_policy_loss(monkeypatch, trainer, bad_calls={3})
+    result = trainer.train()
+    assert len(snaps) == 8 and result.bad_steps == 1 and result.global_step == 2
+    assert [r.get("skipped") for r in result.history] == ["bad", None]
+    assert result.history[0]["skipped_updates"] == 1 and "skipped_updates" not in result.history[1]
+    assert _same(snaps[2], snaps[3])  # the NaN update changed nothing
+    assert not _same(snaps[3], snaps[4])  # the next one trained again
+    assert all(torch.isfinite(v).all() for v in trainer.bare.state_dict().values())
+    logged = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r.get("skipped") for r in logged] == ["bad", None]
+
+
+def test_consecutive_nan_updates_stop_ppo_and_keep_the_checkpoint(base_policy, tmp_path, monkeypatch):
+    trainer = make_trainer(base_policy, tmp_path, max_steps=6, save_steps=1, max_bad_steps=3)
+    _poison_policy_loss(monkeypatch, trainer, from_call=9)  # steps 1-2 are clean (4 updates each)
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.train()
+    message = str(info.value)
+    assert "3 consecutive steps" in message and "step 3" in message
+    assert str(tmp_path / "checkpoint-2") in message
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-1", "checkpoint-2"]

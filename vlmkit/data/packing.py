@@ -69,6 +69,7 @@ class PackedDataset(Dataset):
 
     def __init__(self, dataset: Dataset, max_tokens: int, lengths: Sequence[int] | None = None):
         self.dataset = dataset
+        self.skips = getattr(dataset, "skips", None)  # the base dataset's counter, for the training loop
         self.max_tokens = max_tokens
         self.sample_lengths = list(lengths if lengths is not None else dataset.lengths())
         if len(self.sample_lengths) != len(dataset):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 IMAGE_TOKEN = "<image>"
@@ -63,13 +64,41 @@ class PreferenceSample:
 
 
 class SkipCounter:
-    """Counts skipped records by reason, for `on_bad_sample: skip` and the end-of-run report."""
+    """Counts skipped records by reason, for `on_bad_sample: skip` and the end-of-run report.
+
+    A DataLoader worker counts into its own copy; `SkipReportingCollate` carries the worker's new skips
+    in the batch and the training loop `absorb`s them into the main process's counter.
+    """
 
     def __init__(self) -> None:
         self.reasons: Counter[str] = Counter()
+        self._keys: set = set()
+        self._new: list[tuple] = []
 
-    def add(self, err: BadSampleError) -> None:
-        self.reasons[err.reason.split(":")[0]] += 1
+    def add(self, err: BadSampleError, key: Hashable | None = None) -> None:
+        """Count `err` under its reason; with a `key` (e.g. the record whose media failed) only once,
+        however many epochs meet it."""
+        reason = err.reason.split(":")[0]
+        if self._count(key, reason):
+            self._new.append((key, reason))
+
+    def _count(self, key: Hashable | None, reason: str) -> bool:
+        if key is not None:
+            if key in self._keys:
+                return False
+            self._keys.add(key)
+        self.reasons[reason] += 1
+        return True
+
+    def take_new(self) -> list[tuple]:
+        """(key, reason) of the skips added since the last call."""
+        new, self._new = self._new, []
+        return new
+
+    def absorb(self, entries: list[tuple]) -> None:
+        """Count skips taken (`take_new`) from a copy of this counter in a DataLoader worker process."""
+        for key, reason in entries:
+            self._count(key, reason)
 
     @property
     def total(self) -> int:
@@ -77,3 +106,23 @@ class SkipCounter:
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.reasons)
+
+
+class SkipReportingCollate:
+    """A collate function that adds the skips counted while its items were read in a DataLoader worker
+    to the batch as `batch["skipped"]` (a list of (key, reason)), for the main process to `absorb`.
+
+    In the main process (no workers) the counter is already the main one and nothing is added.
+    """
+
+    def __init__(self, collate_fn: Callable, skips: SkipCounter):
+        self.collate_fn, self.skips = collate_fn, skips
+
+    def __call__(self, items: list) -> dict:
+        from torch.utils.data import get_worker_info
+
+        batch = self.collate_fn(items)
+        new = self.skips.take_new()
+        if new and get_worker_info() is not None:
+            batch["skipped"] = new
+        return batch

@@ -44,7 +44,6 @@ class SFTDataset(Dataset):
         self.processor = processor
         self.on_bad_sample = on_bad_sample
         self.skips = skips if skips is not None else SkipCounter()
-        self._bad_media: set[int] = set()
         self.items: list[TokenizedSample] = []
         for sample in samples:
             try:
@@ -91,9 +90,7 @@ class SFTDataset(Dataset):
         except BadSampleError as err:
             if self.on_bad_sample == "error":
                 raise
-            if i not in self._bad_media:  # counted once, however many epochs meet it
-                self._bad_media.add(i)
-                self.skips.add(err)
+            self.skips.add(err, key=("media", item.source, item.index))  # once, however many epochs
             return None
         return {
             "input_ids": torch.tensor(item.input_ids),

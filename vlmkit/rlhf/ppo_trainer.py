@@ -10,8 +10,11 @@ One PPO step (Ziegler et al. 2019; Ouyang et al. 2022):
    `gradient_accumulation_steps` micro-batches: clipped policy loss + vf_coef * clipped value loss;
 5. the KL controller sees the batch's mean KL per response.
 Losses are token means over the whole mini-batch (all micro-batches, all processes), so batch 8 x
-accumulation 1 and batch 1 x accumulation 8 give the same update. Checkpoints hold the policy, the value
-model, optimizer, scheduler, KL controller and RNG states; the data order is a function of the step.
+accumulation 1 and batch 1 x accumulation 8 give the same update. Each mini-batch update goes through the
+shared `OptimizerStepper` (the NaN/inf guard: a non-finite update is skipped and counted in `bad_steps`,
+`max_bad_steps` in a row stop the run) and checkpoints through the shared `Checkpointer`: they hold the
+policy, the value model, optimizer, scheduler, KL controller and RNG states; the data order is a function
+of the step.
 """
 
 from __future__ import annotations
@@ -47,11 +50,10 @@ from vlmkit.rlhf.rollout import (
     unwrapped_for_generation,
 )  # fmt: skip
 from vlmkit.rlhf.value_model import ActorCritic, prepare_frozen, reference_logits, save_value_model
-from vlmkit.training import checkpoint as ckpt
 from vlmkit.training.accelerator import fill_deepspeed_auto
-from vlmkit.training.loop import checkpoint_state, restore_checkpoint, save_checkpoint
+from vlmkit.training.loop import Checkpointer, StepLog
 from vlmkit.training.optim import build_optimizer, param_groups
-from vlmkit.training.reporting import LOG_FILE, JsonlLog
+from vlmkit.training.stepping import OptimizerStepper, ensure_finite_weights
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ class PPOResult:
     """What `PPOTrainer.train` hands back."""
 
     global_step: int
+    bad_steps: int = 0  # optimizer updates skipped for a non-finite loss or gradient
     history: list[dict] = field(default_factory=list)
     train_seconds: float = 0.0
 
@@ -140,6 +143,10 @@ class PPOTrainer:
         )
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.kl_ctl = build_kl_controller(cfg.kl_controller, cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+        self.stepper = OptimizerStepper(
+            accelerator, self.model, self.optimizer, max_grad_norm=cfg.max_grad_norm,
+            max_bad_steps=cfg.max_bad_steps, output_dir=cfg.output_dir,
+        )  # fmt: skip
         # Saved as JSON beside accelerate's files (never a pickle): see training.loop.restore_checkpoint.
         self.stateful = {"scheduler": self.scheduler, "kl_controller": self.kl_ctl}
         self.reference = prepare_frozen(reference, accelerator) if reference is not None else None
@@ -233,45 +240,39 @@ class PPOTrainer:
         )
 
     def update(self, exp: Experience, step: int) -> dict[str, float]:
-        """Step 4: PPO epochs over shuffled mini-batches; returns the mean of the per-micro-batch stats."""
+        """Step 4: PPO epochs over shuffled mini-batches; returns the mean of the per-micro-batch stats,
+        plus `skipped_updates` (mini-batch updates the NaN/inf guard skipped)."""
         cfg, acc = self.cfg, self.accelerator
         micro, gas = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
         mini = micro * gas
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         totals: dict[str, float] = {}
-        count = 0
+        count, skipped = 0, 0
         self.model.train()
         for _ in range(cfg.num_ppo_epochs):
             order = torch.randperm(len(exp.rollout), generator=g).tolist()
             for m in range(0, len(order), mini):
                 mb = order[m : m + mini]
-                local_tokens = exp.mask[mb].sum().float()
-                total_tokens = acc.reduce(local_tokens.to(self.device), "sum").item()
-                # accelerator.backward divides by gas; DDP averages over processes: undo both, divide by tokens.
-                scale = gas * acc.num_processes / total_tokens
+                self.stepper.begin(float(exp.mask[mb].sum()), step + 1)
                 for k in range(0, mini, micro):
-                    rows = mb[k : k + micro]
                     with acc.accumulate(self.model):
-                        stats = self._micro_step(exp, rows, scale)
+                        stats = self._micro_step(exp, mb[k : k + micro])
                     for key, value in stats.items():
                         totals[key] = totals.get(key, 0.0) + value
                     count += 1
+                skipped += self.stepper.outcome.verdict != "ok"
         self.scheduler.step()
-        return {k: v / count for k, v in totals.items()}
+        return {**{k: v / count for k, v in totals.items()}, "skipped_updates": float(skipped)}
 
-    def _micro_step(self, exp: Experience, rows: list[int], scale: float) -> dict[str, float]:
-        cfg, acc = self.cfg, self.accelerator
+    def _micro_step(self, exp: Experience, rows: list[int]) -> dict[str, float]:
+        cfg = self.cfg
         sub = exp.rollout.select(rows)
         mask = sub.response_mask
         logprobs, resp_logits, values = self._forward(sub, with_values=True)
         pg, pg_stats = policy_loss(logprobs, exp.logprobs[rows], exp.advantages[rows], mask, cfg.cliprange)
         vf, vf_stats = value_loss(values, exp.values[rows], exp.returns[rows], mask, cfg.cliprange_value)
         loss = pg + cfg.vf_coef * vf
-        acc.backward(loss * mask.sum() * scale)
-        if acc.sync_gradients and cfg.max_grad_norm > 0:
-            acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.stepper.backward(loss * mask.sum())  # a token sum: the stepper divides by the update's tokens
         return {
             "loss": loss.item(), "policy_loss": pg.item(), "value_loss": vf.item(),
             "entropy": entropy_from_logits(resp_logits.detach(), mask).item(),
@@ -283,17 +284,11 @@ class PPOTrainer:
     def train(self) -> PPOResult:
         """Run PPO steps until `max_steps`, resuming from `resume_from_checkpoint` when given."""
         cfg, acc = self.cfg, self.accelerator
-        out = Path(cfg.output_dir)
-        resume_dir = ckpt.resolve_resume(out, cfg.resume_from_checkpoint)
-        start = 0
-        if resume_dir is not None:
-            start = restore_checkpoint(acc, resume_dir, self.stateful)
-            logger.info("resumed PPO from %s at step %d (kl_coef %.4g)", resume_dir, start, self.kl_ctl.value)
-        log = (
-            JsonlLog(out / LOG_FILE, resume_step=start if resume_dir else None)
-            if acc.is_main_process
-            else None
-        )
+        checkpoints = Checkpointer(acc, self.model, cfg, self.stateful)
+        start = checkpoints.resume(cfg.max_steps)
+        if checkpoints.resume_dir is not None:
+            logger.info("resumed PPO at step %d (kl_coef %.4g)", start, self.kl_ctl.value)
+        log = StepLog(acc, cfg, cfg.max_steps, resume_step=checkpoints.resumed_step)
         result = PPOResult(global_step=start)
         logger.info("PPO: %d responses per process per step, %d steps", cfg.rollout_batch_size, cfg.max_steps)
         t_start = time.perf_counter()
@@ -302,25 +297,21 @@ class PPOTrainer:
             kl_coef = self.kl_ctl.value
             exp = self.make_experience(self.prompts_for_step(step))
             t1 = time.perf_counter()
+            bad_before = self.stepper.bad_steps
             stats = self.update(exp, step)
             t2 = time.perf_counter()
+            skipped = stats.pop("skipped_updates")
             record = {"step": step + 1, **self._rollout_stats(exp), **self._reduce(stats), "kl_coef": kl_coef}
             self.kl_ctl.update(record["kl"], cfg.rollout_batch_size * acc.num_processes)
             record.update(lr=self.scheduler.get_last_lr()[0], rollout_seconds=t1 - t0, update_seconds=t2 - t1)
+            if skipped:
+                verdict = "bad" if self.stepper.bad_steps > bad_before else "overflow"
+                record.update(skipped=verdict, skipped_updates=int(skipped))
             result.history.append(record)
-            result.global_step = step + 1
-            if log is not None and ((step + 1) % max(1, cfg.logging_steps) == 0 or step + 1 == cfg.max_steps):
-                log.write(record)
-                acc.log({k: v for k, v in record.items() if k != "step"}, step=step + 1)
-            if cfg.save_steps > 0 and (step + 1) % cfg.save_steps == 0 and step + 1 < cfg.max_steps:
-                save_checkpoint(
-                    acc,
-                    out,
-                    step + 1,
-                    cfg.save_total_limit,
-                    keep=resume_dir,
-                    state=checkpoint_state(self.stateful),
-                )
+            result.global_step, result.bad_steps = step + 1, self.stepper.bad_steps
+            log.write(record)
+            checkpoints.maybe_save(step + 1, cfg.max_steps, healthy=not self.stepper.consecutive_bad)
+        ensure_finite_weights(acc, self.model, "the trained policy", cfg.output_dir)
         result.train_seconds = time.perf_counter() - t_start
         return result
 

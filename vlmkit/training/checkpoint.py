@@ -6,6 +6,10 @@ overwriting) first renames a checkpoint to `.trash-*`, so a crash at any moment 
 either no new checkpoint or a complete one, never a half-written or half-deleted `checkpoint-<step>`.
 Resume ("latest") picks the newest complete checkpoint; stale `.tmp-*`/`.trash-*` dirs are cleared later.
 
+The completion marker records the sha256 of every file of the checkpoint. Resume verifies them: a damaged
+checkpoint (a file changed, missing or added by hand, a garbled marker) is skipped with a warning naming it,
+and "latest" falls back to the newest intact one; an explicitly named damaged checkpoint is refused.
+
 Test hook: with `VLMKIT_TEST_PAUSE_IN_CHECKPOINT=<step>` in the environment, the writer stops for
 10 minutes after the state files of checkpoint <step> are written and before it is marked complete, so a
 fault-injection test can kill the run mid-checkpoint deterministically.
@@ -13,7 +17,9 @@ fault-injection test can kill the run mid-checkpoint deterministically.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -30,6 +36,12 @@ LATEST_FILE = "latest"
 PAUSE_ENV = "VLMKIT_TEST_PAUSE_IN_CHECKPOINT"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 _STALE_GLOBS = (".tmp-checkpoint-*", ".trash-checkpoint-*")
+
+logger = logging.getLogger(__name__)
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint whose completion marker is unreadable or whose files do not match their recorded hashes."""
 
 
 def fsync_tree(path: Path) -> None:
@@ -131,7 +143,8 @@ def finalize_checkpoint(output_dir: Path, tmp_dir: Path, step: int, state: dict)
     plain, tensors = split_tensors(state)
     if tensors:
         save_file(tensors, str(tmp_dir / TENSOR_FILE))
-    (tmp_dir / COMPLETE_MARKER).write_text(json.dumps({"step": step, **plain}, indent=2))
+    marker = {"step": step, **plain, "files": file_hashes(tmp_dir)}
+    (tmp_dir / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2))
     fsync_tree(tmp_dir)
     final = output_dir / f"checkpoint-{step}"
     if final.exists():  # e.g. a later run's checkpoint when resuming from an earlier one
@@ -140,6 +153,59 @@ def finalize_checkpoint(output_dir: Path, tmp_dir: Path, step: int, state: dict)
     _fsync_dir(output_dir)
     atomic_write_text(output_dir / LATEST_FILE, final.name + "\n")
     return final
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_hashes(path: Path) -> dict[str, str]:
+    """sha256 of every file under `path` except the completion marker, by POSIX relative path."""
+    path = Path(path)
+    return {
+        f.relative_to(path).as_posix(): _sha256(f)
+        for f in sorted(path.rglob("*"))
+        if f.is_file() and f.name != COMPLETE_MARKER
+    }
+
+
+def read_marker(path: Path) -> dict:
+    """The completion marker of checkpoint `path`; DamagedCheckpointError naming the file if unreadable."""
+    marker = Path(path) / COMPLETE_MARKER
+    try:
+        state = json.loads(marker.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedCheckpointError(f"{marker}: unreadable completion marker ({err})") from err
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise DamagedCheckpointError(f"{marker}: not a completion marker (no integer 'step')")
+    return state
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise DamagedCheckpointError naming what is wrong if `path` does not match its recorded hashes.
+
+    A marker without hashes (written before they were recorded) is accepted with a warning.
+    """
+    path = Path(path)
+    recorded = read_marker(path).get("files")
+    if recorded is None:
+        logger.warning("%s has no recorded file hashes (an older checkpoint): not verified", path)
+        return
+    found = file_hashes(path)
+    missing = sorted(set(recorded) - set(found))
+    changed = sorted(k for k in recorded if k in found and found[k] != recorded[k])
+    extra = sorted(set(found) - set(recorded))
+    problems = [
+        f"{label}: {names}"
+        for label, names in (("missing", missing), ("changed", changed), ("unexpected", extra))
+        if names
+    ]
+    if problems:
+        raise DamagedCheckpointError(f"{path} is damaged (files {'; '.join(problems)})")
 
 
 def is_complete(path: Path) -> bool:
@@ -165,7 +231,7 @@ def resolve_resume(output_dir: Path, resume_from: str | None) -> Path | None:
         return None
     if resume_from == "latest":
         ckpts = list_checkpoints(output_dir)
-        return ckpts[-1] if ckpts else None
+        return newest_intact(output_dir) if ckpts else None
     path = Path(resume_from)
     if not path.is_dir():
         raise FileNotFoundError(
@@ -183,7 +249,37 @@ def resolve_resume(output_dir: Path, resume_from: str | None) -> Path | None:
             f"--resume_from_checkpoint {resume_from}: not a complete checkpoint ({COMPLETE_MARKER} "
             f"missing); {hint}"
         )
+    try:
+        verify_checkpoint(path)
+    except DamagedCheckpointError as err:
+        raise DamagedCheckpointError(
+            f"--resume_from_checkpoint {resume_from}: {err}; pass 'latest' to resume from the newest intact "
+            "checkpoint"
+        ) from err
     return path
+
+
+def newest_intact(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint whose files match their hashes, warning about each damaged newer one.
+
+    None when there is no complete checkpoint; DamagedCheckpointError when every one is damaged.
+    """
+    ckpts = list_checkpoints(output_dir)
+    damaged = []
+    for path in reversed(ckpts):
+        try:
+            verify_checkpoint(path)
+        except DamagedCheckpointError as err:
+            logger.warning("%s; falling back to an earlier checkpoint", err)
+            damaged.append(str(err))
+            continue
+        return path
+    if damaged:
+        raise DamagedCheckpointError(
+            f"no intact checkpoint in {output_dir}: " + "; ".join(damaged) + ". Start without "
+            "--resume_from_checkpoint, or restore a checkpoint from a backup"
+        )
+    return None
 
 
 def rotate_checkpoints(output_dir: Path, limit: int, keep: Path | None = None) -> list[Path]:
@@ -210,6 +306,7 @@ def read_checkpoint_state(path: Path) -> dict:
     """The state saved with the checkpoint (step, run settings, objects), tensors restored."""
     from safetensors.torch import load_file
 
-    state = json.loads((Path(path) / COMPLETE_MARKER).read_text())
+    state = read_marker(path)
+    state.pop("files", None)
     tensor_file = Path(path) / TENSOR_FILE
     return join_tensors(state, load_file(str(tensor_file)) if tensor_file.is_file() else {})

@@ -18,20 +18,23 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from vlmkit.data.records import SkipReportingCollate
 from vlmkit.training import checkpoint as ckpt
 from vlmkit.training.accelerator import fill_deepspeed_auto
 from vlmkit.training.optim import build_optimizer, param_groups
 from vlmkit.training.reporting import LOG_FILE, JsonlLog
+from vlmkit.training.stepping import (  # noqa: F401  (NonFiniteLossError, classify_step: public here too)
+    NonFiniteLossError,
+    OptimizerStepper,
+    classify_step,
+    ensure_finite_weights,
+)
 
 logger = logging.getLogger(__name__)
 
 # compute_loss(model, batch) -> (sum of per-item losses, dict of extra scalars to log)
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
 CountFn = Callable[[dict], int]
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive optimizer steps with a non-finite loss or gradient."""
 
 
 class EpochSampler(Sampler[int]):
@@ -103,11 +106,16 @@ def train(
     exactly: same data order, RNG, optimizer, schedule and accumulation position, so the result equals
     an uninterrupted run.
     A non-finite loss/gradient skips the update (counted in `bad_steps`); `max_bad_steps` in a row stop
-    the run with NonFiniteLossError, leaving the last good checkpoint in place.
+    the run with NonFiniteLossError, leaving the newest checkpoint (from before them) in place. Weights
+    that became non-finite stop the run with NonFiniteWeightsError and are never saved (see `stepping`).
+    Skipped samples that DataLoader workers report in `batch["skipped"]` are added to `dataset.skips`.
     """
     output_dir = Path(cfg.output_dir)
     gas = cfg.gradient_accumulation_steps
     sampler = sampler or EpochSampler(len(dataset), cfg.seed)
+    skips = getattr(dataset, "skips", None)
+    if skips is not None:  # skips counted in DataLoader workers come back with the batches
+        collate_fn = SkipReportingCollate(collate_fn, skips)
     # Its own generator: starting an epoch must not draw from the global RNG (dropout's), or a resumed
     # run, which starts its iterator at another moment, would see a shifted random stream.
     loader = DataLoader(
@@ -134,10 +142,7 @@ def train(
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     fill_deepspeed_auto(accelerator, max_grad_norm=cfg.max_grad_norm)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    _start_trackers(accelerator, cfg)
-    # The scheduler and extra objects are checkpointed as JSON + safetensors, not registered with
-    # accelerate, which would pickle them and reload them with torch.load(weights_only=False).
-    stateful = {"scheduler": scheduler, **(extra_state or {})}
+    start_trackers(accelerator, cfg)
     geometry = {
         "per_device_train_batch_size": cfg.per_device_train_batch_size,
         "gradient_accumulation_steps": gas,
@@ -145,28 +150,26 @@ def train(
         "seed": cfg.seed,
         "total_steps": total_steps,
     }
-    resume_dir = ckpt.resolve_resume(output_dir, cfg.resume_from_checkpoint)
-    start_step = 0
-    if resume_dir is not None:
-        start_step = restore_checkpoint(accelerator, resume_dir, stateful, geometry)
-        if start_step >= total_steps:
-            raise ValueError(
-                f"{resume_dir} is at step {start_step}, not before the last step {total_steps}: nothing to "
-                "train; raise --max_steps to continue training"
-            )
-    elif cfg.resume_from_checkpoint:
-        logger.info("no complete checkpoint in %s: starting from step 0", output_dir)
-    log = None
-    if accelerator.is_main_process:
-        log = JsonlLog(output_dir / LOG_FILE, resume_step=start_step if resume_dir else None)
+    checkpoints = Checkpointer(
+        accelerator, model, cfg, {"scheduler": scheduler, **(extra_state or {})}, geometry
+    )
+    start_step = checkpoints.resume(total_steps)
+    log = StepLog(accelerator, cfg, total_steps, resume_step=checkpoints.resumed_step)
+    stepper = OptimizerStepper(
+        accelerator, model, optimizer, max_grad_norm=cfg.max_grad_norm, max_bad_steps=cfg.max_bad_steps,
+        output_dir=output_dir,
+    )  # fmt: skip
 
     def micro_batches() -> Iterator[dict]:
         epoch, skip = divmod(start_step * gas, per_rank_batches)
-        sampler_obj = sampler
         while True:
             loader.set_epoch(epoch)
-            sampler_obj.resume_at(epoch, skip * cfg.per_device_train_batch_size * accelerator.num_processes)
-            yield from loader
+            sampler.resume_at(epoch, skip * cfg.per_device_train_batch_size * accelerator.num_processes)
+            for batch in loader:
+                skipped = batch.pop("skipped", None)  # media that failed in a worker process
+                if skipped and skips is not None:
+                    skips.absorb(skipped)
+                yield batch
             epoch, skip = epoch + 1, 0
 
     from tqdm.auto import tqdm
@@ -177,135 +180,133 @@ def train(
     )  # fmt: skip
     result = TrainResult(model=model, global_step=start_step)
     stream = micro_batches()
-    consecutive_bad = 0
     t0 = time.perf_counter()
     model.train()
     for step in range(start_step, total_steps):
         window = [next(stream) for _ in range(gas)]
-        local_items = sum(count_items(b) for b in window)
-        total_items = accelerator.reduce(
-            torch.tensor(float(local_items), device=accelerator.device), "sum"
-        ).item()
+        total_items = stepper.begin(sum(count_items(b) for b in window), step + 1)
         if total_items == 0:
             raise ValueError(
                 f"step {step + 1}: zero supervised items in the whole batch (every label is masked); "
                 "check the data and the chat template"
             )
-        scale = gas * accelerator.num_processes / total_items
-        loss_total = torch.zeros((), device=accelerator.device)
         extras: dict[str, float] = {}
-        grad_norm, step_loss, verdict = None, math.nan, "ok"
         for batch in window:
             with accelerator.accumulate(model):
                 if batch.get("empty"):
                     loss_sum, extra = _zero_touch(model), {}
                 else:
                     loss_sum, extra = compute_loss(model, batch)
-                accelerator.backward(loss_sum * scale)
-                loss_total += loss_sum.detach().float()
+                stepper.backward(loss_sum)
                 for k, v in extra.items():
                     extras[k] = extras.get(k, 0.0) + float(v) / gas
-                if accelerator.sync_gradients:
-                    step_loss = accelerator.reduce(loss_total, "sum").item() / total_items
-                    # Always measured (inf = no clipping) so a non-finite gradient is caught either way.
-                    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-                    verdict = classify_step(step_loss, grad_norm, _loss_scale(accelerator))
-                    if verdict == "ok" or accelerator.scaler is not None:
-                        optimizer.step()  # with a loss scaler (fp16) the scaler skips a non-finite update
-                optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        result.global_step = step + 1
-        if verdict == "bad":
-            consecutive_bad += 1
-            result.bad_steps += 1
-            logger.warning(
-                "step %d: non-finite loss or gradient; update skipped (%d in a row, max_bad_steps=%d)",
-                step + 1, consecutive_bad, cfg.max_bad_steps,
-            )  # fmt: skip
-            if consecutive_bad >= cfg.max_bad_steps:
-                kept = ckpt.list_checkpoints(output_dir)
-                raise NonFiniteLossError(
-                    f"{consecutive_bad} consecutive steps with a non-finite loss or gradient (last at step "
-                    f"{step + 1}, loss {step_loss}); stopping. The last good checkpoint is intact: "
-                    f"{kept[-1] if kept else 'none saved yet (set --save_steps)'}. Lower the learning rate, "
-                    "check the data, or resume with --resume_from_checkpoint latest."
-                )
-        elif verdict == "ok":
-            consecutive_bad = 0
-        else:
-            logger.info("step %d: fp16 gradient overflow; the loss scaler skipped the update", step + 1)
+        result.global_step, result.bad_steps = step + 1, stepper.bad_steps
+        outcome = stepper.outcome
         record = {
             "step": step + 1,
-            "loss": step_loss,
+            "loss": outcome.loss,
             "lr": scheduler.get_last_lr()[0],
             "items": total_items,
             "total_steps": total_steps,
             **extras,
         }
-        if grad_norm is not None:
-            record["grad_norm"] = float(grad_norm)
-        if verdict != "ok":
-            record["skipped"] = verdict
+        if outcome.grad_norm is not None:
+            record["grad_norm"] = outcome.grad_norm
+        if outcome.verdict != "ok":
+            record["skipped"] = outcome.verdict
         result.history.append(record)
         progress.update(1)
-        progress.set_postfix(loss=f"{step_loss:.4f}")
-        if log is not None and (
-            (step + 1) % max(1, cfg.logging_steps) == 0 or step + 1 == total_steps or step == 0
-        ):
-            log.write(record)
-            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step + 1)
-        # During a run of bad steps no checkpoint is written: the last one stays the last good one.
-        if (
-            cfg.save_steps > 0
-            and (step + 1) % cfg.save_steps == 0
-            and step + 1 < total_steps
-            and not consecutive_bad
-        ):
-            state = checkpoint_state(stateful, geometry)
-            save_checkpoint(
-                accelerator, output_dir, step + 1, cfg.save_total_limit, keep=resume_dir, state=state
-            )
+        progress.set_postfix(loss=f"{outcome.loss:.4f}")
+        log.write(record)
+        # During a run of bad steps no checkpoint is written: the newest one stays from before it.
+        checkpoints.maybe_save(step + 1, total_steps, healthy=not stepper.consecutive_bad)
     progress.close()
+    ensure_finite_weights(accelerator, model, "the trained model", output_dir)
     result.train_seconds = time.perf_counter() - t0
     return result
 
 
-def _start_trackers(accelerator, cfg) -> None:
+class Checkpointer:
+    """Resume and periodic checkpoints of one loop (SFT-style `train`, PPO, GRPO).
+
+    `stateful` objects with state_dict()/load_state_dict() (scheduler, KL controller...) are saved as
+    JSON + safetensors beside accelerate's files; `geometry` (batch size, processes, seed...) is recorded
+    and a change is warned about on resume. Non-finite weights are never checkpointed.
+    """
+
+    def __init__(
+        self, accelerator, model: torch.nn.Module, cfg, stateful: dict, geometry: dict | None = None
+    ):
+        self.accelerator, self.model, self.cfg = accelerator, model, cfg
+        self.stateful, self.geometry = stateful, geometry
+        self.output_dir = Path(cfg.output_dir)
+        self.resume_dir: Path | None = None
+
+    @property
+    def resumed_step(self) -> int | None:
+        """The step resumed from, None for a fresh run."""
+        return self._start if self.resume_dir is not None else None
+
+    def resume(self, total_steps: int) -> int:
+        """Restore `resume_from_checkpoint` (a dir or "latest", the newest intact one); returns the step."""
+        self._start = 0
+        self.resume_dir = ckpt.resolve_resume(self.output_dir, self.cfg.resume_from_checkpoint)
+        if self.resume_dir is None:
+            if self.cfg.resume_from_checkpoint:
+                logger.info("no complete checkpoint in %s: starting from step 0", self.output_dir)
+            return 0
+        self._start = restore_checkpoint(self.accelerator, self.resume_dir, self.stateful, self.geometry)
+        if self._start >= total_steps:
+            raise ValueError(
+                f"{self.resume_dir} is at step {self._start}, not before the last step {total_steps}: "
+                "nothing to train; raise --max_steps to continue training"
+            )
+        return self._start
+
+    def maybe_save(self, step: int, total_steps: int, *, healthy: bool = True) -> Path | None:
+        """Save checkpoint-<step> every `save_steps` (not at the last step, not during a bad streak)."""
+        save_steps = self.cfg.save_steps
+        if not (save_steps > 0 and step % save_steps == 0 and step < total_steps and healthy):
+            return None
+        ensure_finite_weights(self.accelerator, self.model, f"checkpoint {step}", self.output_dir)
+        state = checkpoint_state(self.stateful, self.geometry)
+        return save_checkpoint(
+            self.accelerator,
+            self.output_dir,
+            step,
+            self.cfg.save_total_limit,
+            keep=self.resume_dir,
+            state=state,
+        )
+
+
+class StepLog:
+    """The per-step log: `train_log.jsonl` and the Accelerate trackers, on the first step, every
+    `logging_steps` and the last step (main process only)."""
+
+    def __init__(self, accelerator, cfg, total_steps: int, resume_step: int | None = None):
+        self.accelerator, self.total_steps = accelerator, total_steps
+        self.every = max(1, cfg.logging_steps)
+        self.file = None
+        if accelerator.is_main_process:
+            self.file = JsonlLog(Path(cfg.output_dir) / LOG_FILE, resume_step=resume_step)
+
+    def write(self, record: dict) -> None:
+        step = record["step"]
+        if self.file is None or not (step % self.every == 0 or step == self.total_steps or step == 1):
+            return
+        self.file.write(record)
+        self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+
+
+def start_trackers(accelerator, cfg) -> None:
     """Start the Accelerate trackers of `report_to` (TensorBoard under output_dir/runs) with the config."""
     if not accelerator.is_main_process or not getattr(accelerator, "log_with", None) or accelerator.trackers:
         return
     values = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(vars(cfg))
     hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in values.items()}
     accelerator.init_trackers("runs", config=hparams)
-
-
-def classify_step(loss: float, grad_norm, loss_scale: float | None = None) -> str:
-    """Verdict on one optimizer step: "ok", "overflow" or "bad" (update skipped, counted).
-
-    "overflow": under fp16 loss scaling (`loss_scale` >= 1) a non-finite gradient with a finite loss;
-    the scaler skips that update and lowers its scale, which is routine, not divergence.
-    `grad_norm` None (DeepSpeed may not report it) counts as finite.
-    """
-    if not math.isfinite(loss):
-        return "bad"
-    if grad_norm is None or math.isfinite(float(grad_norm)):
-        return "ok"
-    if loss_scale is not None and loss_scale >= 1.0:
-        return "overflow"
-    return "bad"
-
-
-def _loss_scale(accelerator) -> float | None:
-    """The fp16 loss scale in use (native GradScaler), inf for DeepSpeed's own fp16 scaler, else None.
-
-    Under DeepSpeed the engine steps inside `backward`, so the guard counts bad steps but cannot undo them.
-    """
-    if accelerator.scaler is not None:
-        return float(accelerator.scaler.get_scale())
-    if accelerator.distributed_type == "DEEPSPEED" and accelerator.mixed_precision == "fp16":
-        return math.inf
-    return None
 
 
 def checkpoint_state(stateful: dict, geometry: dict | None = None) -> dict:
