@@ -31,7 +31,9 @@ def answer_part(completion: str) -> str:
 
 def exact_answer(completions: list[str], references: list[str | None], **kwargs) -> list[float]:
     """1.0 where the (tagged) answer equals the reference after normalisation ("Seven." == "7")."""
-    return [float(ref is not None and exact_match(answer_part(c), ref)) for c, ref in zip(completions, references)]
+    return [
+        float(ref is not None and exact_match(answer_part(c), ref)) for c, ref in zip(completions, references)
+    ]
 
 
 def digit_match(completions: list[str], references: list[str | None], **kwargs) -> list[float]:
