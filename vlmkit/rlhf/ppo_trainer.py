@@ -191,4 +191,5 @@ class PPOTrainer(RLTrainer):
             "reward_mean": rows[:, 1].mean().item(), "reward_std": rows[:, 1].std().item(),
             "kl": rows[:, 2].mean().item(), "response_length": rows[:, 3].mean().item(),
             "eos_fraction": rows[:, 4].mean().item(), "explained_variance": ev if math.isfinite(ev) else 0.0,
+            **self.reward_stats(),
         }  # fmt: skip

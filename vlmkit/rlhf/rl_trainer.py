@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from vlmkit.data.records import Sample
 from vlmkit.eval.answers import exact_match
 from vlmkit.rlhf.kl import kl_estimate
+from vlmkit.rlhf.rewards import RewardSet
 from vlmkit.rlhf.rollout import (
     Rollout,
     generate_rollout,
@@ -189,6 +190,18 @@ class RLTrainer(ABC):
         names = sorted(stats)
         values = self.accelerator.reduce(torch.tensor([stats[k] for k in names], device=self.device), "mean")
         return dict(zip(names, values.tolist()))
+
+    def reward_stats(self) -> dict[str, float]:
+        """Each reward source's mean score in the last scored batch (averaged over processes) and its
+        zeroed samples so far (summed), when the reward is a `RewardSet`."""
+        if not isinstance(self.reward, RewardSet):
+            return {}
+        stats = self.reward.stats()
+        out = self.reduce_mean({k: v for k, v in stats.items() if k.startswith("reward_")})
+        counts = {k: v for k, v in stats.items() if k.startswith("bad_reward_")}
+        names = sorted(counts)
+        summed = self.accelerator.reduce(torch.tensor([counts[k] for k in names], device=self.device), "sum")
+        return {**out, **dict(zip(names, summed.tolist()))}
 
     # ---- the loop -----------------------------------------------------------------------------------
     def train(self) -> RLResult:
