@@ -4,7 +4,7 @@
     python recipes/ppo.py --config recipes/configs/digits_ppo.yaml --model_name_or_path outputs/digits/llava_stage2
     # a stage-3 reward model instead, and a critic initialised from it:
     accelerate launch recipes/ppo.py --config recipes/configs/digits_ppo.yaml \
-        --model_name_or_path outputs/digits/llava_stage2 --reward_function none \
+        --model_name_or_path outputs/digits/llava_stage2 --reward_funcs none \
         --reward_model_name_or_path outputs/digits/reward_model --value_model reward_model
     # LoRA policy (the reference is the same weights with the adapters off) under DeepSpeed ZeRO-3:
     accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml recipes/ppo.py \

@@ -222,7 +222,7 @@ def test_qlora_hyperparameters_and_its_memory_estimate():
 def test_ppo_defaults():
     cfg = _load(PPO)
     assert cfg.model_name_or_path == _load(STAGE2).output_dir  # policy: the stage-2 output
-    assert cfg.reward_model_name_or_path.endswith("reward_model") and cfg.reward_function is None
+    assert cfg.reward_model_name_or_path.endswith("reward_model") and cfg.reward_funcs == []
     assert (cfg.cliprange, cfg.cliprange_value, cfg.gamma, cfg.lam) == (0.2, 0.2, 1.0, 0.95)
     assert (cfg.kl_controller, cfg.kl_estimator, cfg.init_kl_coef) == ("adaptive", "k1", 0.2)
     assert (cfg.kl_target, cfg.kl_horizon) == (6.0, 10000)

@@ -65,7 +65,7 @@ def base_policy():
 
 def make_trainer(base_policy, tmp_path, lora: bool = False, **overrides) -> PPOTrainer:
     fields = dict(
-        reward_function=f"{__name__}:odd_reference", output_dir=str(tmp_path), per_device_train_batch_size=4,
+        reward_funcs=[f"{__name__}:odd_reference"], output_dir=str(tmp_path), per_device_train_batch_size=4,
         gradient_accumulation_steps=1, num_mini_batches=2, num_ppo_epochs=2, max_new_tokens=3,
         learning_rate=1e-3, mixed_precision="no", report_to=["none"], seed=3, init_kl_coef=0.1, kl_target=0.5,
         kl_horizon=100, kl_controller="adaptive",
@@ -89,7 +89,7 @@ def make_trainer(base_policy, tmp_path, lora: bool = False, **overrides) -> PPOT
 
 def _sequence_logprobs(trainer, rollout):
     with torch.no_grad():
-        logprobs, _, _ = trainer._forward(rollout, with_values=False)
+        logprobs, _, _ = trainer.forward(rollout)
     return (logprobs * rollout.response_mask).sum(1)
 
 
@@ -116,8 +116,8 @@ def test_reference_is_the_starting_policy(base_policy, tmp_path, lora):
     assert torch.equal(exp.ref_logprobs, exp.logprobs) and float(exp.kl.abs().max()) == 0.0
     for _ in range(2):
         trainer.update(exp, 0)
-    ref_after = trainer._ref_logprobs(exp.rollout)
-    policy_after, _, _ = trainer._forward(exp.rollout, with_values=False)
+    ref_after = trainer.ref_logprobs(exp.rollout)
+    policy_after, _, _ = trainer.forward(exp.rollout)
     mask = exp.mask
     assert torch.allclose(ref_after[mask], exp.ref_logprobs[mask], atol=1e-5)
     assert (policy_after[mask] - exp.logprobs[mask]).abs().max() > 1e-3  # the policy did move

@@ -100,3 +100,83 @@ def test_model_reward_scores_prompt_media_and_response_like_the_reward_model_alo
         with torch.no_grad():
             alone = reward_model(ids, torch.ones_like(ids), processor.process_media(sample.images))
         assert torch.allclose(scores[i], alone[0], atol=1e-5)
+
+
+def test_verifiable_rewards_by_hand():
+    from vlmkit.rlhf.verifiable import choice_letter, exact_answer, numeric_match, think_answer_format
+
+    assert exact_answer(["<think>hm</think><answer>Seven</answer>", "7", "8"], ["7", "7", "7"]) == [
+        1.0,
+        1.0,
+        0.0,
+    ]
+    letters = ["B", "(b)", "Answer: C.", "The answer is (C)", "I think it is A", ""]
+    assert choice_letter(letters, ["B", "B", "C", "C", "B", "A"]) == [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    numbers = ["about 104", "1,000", "the value is 3.5%", "none", "-2"]
+    assert numeric_match(numbers, ["100", "1000", "3.4", "1", "-2.05"]) == [1.0, 1.0, 1.0, 0.0, 1.0]
+    shaped = [
+        "<think>a</think> <answer>7</answer>",
+        "<answer>7</answer>",
+        "<think>a</think><answer>7</answer>!",
+    ]
+    assert think_answer_format(shaped) == [1.0, 0.0, 0.0]
+
+
+def test_registered_names_resolve_and_unknown_names_list_the_valid_ones():
+    from vlmkit.rlhf.verifiable import REWARD_FUNCTIONS
+
+    assert load_reward_function("choice_letter") is REWARD_FUNCTIONS["choice_letter"]
+    with pytest.raises(ValueError, match="exact_answer, digit_match"):
+        load_reward_function("letters")
+
+
+def _flaky(completions, references, prompts):
+    if any(c == "boom" for c in completions):
+        raise RuntimeError("cannot parse")
+    return [float("nan") if c == "nan" else 1.0 for c in completions]
+
+
+def _reward_set(on_bad_reward):
+    from vlmkit.rlhf.rewards import RewardSet
+
+    sources = [("flaky", 2.0, FunctionReward(_flaky, "flaky")), ("digit", 0.5, FunctionReward(digit_match))]
+    return RewardSet(sources, on_bad_reward)
+
+
+def test_reward_set_weights_sources_and_logs_each():
+    rewards = _reward_set("error")
+    total = rewards(_rollout(["7", "3"], ["7", "7"]))
+    assert total.tolist() == [2.5, 2.0]
+    stats = rewards.stats()
+    assert stats["reward_flaky"] == 1.0 and stats["reward_digit"] == 0.5 and stats["bad_reward_flaky"] == 0
+
+
+def test_bad_reward_names_function_and_sample_or_is_a_counted_zero():
+    rollout = _rollout(["7", "boom", "nan"], ["7", "boom", "nan"])
+    for i, s in enumerate(rollout.samples):
+        s.source, s.index = "prompts.json", 10 + i
+    with pytest.raises(
+        ValueError, match=r"'flaky' failed on prompts.json record 11 \(RuntimeError: cannot parse"
+    ):
+        _reward_set("error")(rollout)
+    rewards = _reward_set("skip")
+    assert rewards(rollout).tolist() == [2.5, 0.5, 0.5]  # the flaky source scores 0 where it failed
+    assert rewards.stats()["bad_reward_flaky"] == 2
+
+
+def test_build_reward_checks_weights_against_sources():
+    from types import SimpleNamespace
+
+    from vlmkit.rlhf.rewards import build_reward
+
+    cfg = SimpleNamespace(
+        reward_model_name_or_path=None, reward_funcs=["digit_match", "think_answer_format"],
+        reward_weights=[1.0, 0.2], on_bad_reward="error",
+    )  # fmt: skip
+    rewards = build_reward(cfg)
+    assert [(name, weight) for name, weight, _ in rewards.sources] == [
+        ("digit_match", 1.0), ("think_answer_format", 0.2)
+    ]  # fmt: skip
+    cfg.reward_weights = [1.0]
+    with pytest.raises(ValueError, match="1 values for 2 rewards"):
+        build_reward(cfg)

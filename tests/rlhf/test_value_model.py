@@ -89,9 +89,14 @@ def test_lora_policy_trains_only_adapters_and_value_head(policy_and_processor, t
     assert torch.equal(load_value_head(tmp_path).weight, model.value_head.weight)
 
 
-def test_actor_critic_needs_exactly_one_value_model(policy_and_processor):
+def test_actor_critic_takes_at_most_one_value_model(policy_and_processor):
     policy, _ = policy_and_processor
-    with pytest.raises(ValueError, match="exactly one value model"):
-        ActorCritic(policy)
+    head = torch.nn.Linear(4, 1)
+    with pytest.raises(ValueError, match="not both"):
+        ActorCritic(policy, value_head=head, critic=object())
+    policy_only = ActorCritic(policy)  # critic-free (GRPO): the policy alone
+    assert policy_only.kind == "none"
+    with pytest.raises(ValueError, match="no value model"):
+        policy_only(torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="valid: policy_head, reward_model"):
         build_actor_critic(copy.deepcopy(policy), "critic")

@@ -20,12 +20,21 @@ class PPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
 
     # ---- rewards ----
     reward_model_name_or_path: str | None = _f(
-        None, "A stage-3 reward model directory that scores the responses (added to reward_function if both)."
+        None, "A stage-3 reward model directory that scores the responses (summed with reward_funcs if both)."
     )
-    reward_function: str | None = _f(
-        None,
-        "A Python reward instead of a reward model, 'module:function' (e.g. vlmkit.rlhf.rewards:digit_match), "
-        "called as fn(completions=, references=, prompts=) -> list of floats.",
+    reward_funcs: list[str] = _f(
+        [],
+        "Verifiable reward functions, by name (exact_answer, digit_match, choice_letter, numeric_match, "
+        "think_answer_format) or 'module:function' called as fn(completions=, references=, prompts=) -> floats; "
+        "summed with the reward model's score, weighted by reward_weights. Alias: --reward_function.",
+    )
+    reward_weights: list[float] = _f(
+        [], "One weight per reward, reward model first, then reward_funcs in order (default: all 1)."
+    )
+    on_bad_reward: str = _f(
+        "error",
+        "A reward that raises or is not finite for a sample: error (naming reward and sample) or skip "
+        "(score 0, counted as bad_reward_<name> in the log).",
     )
     missing_eos_penalty: float = _f(
         0.0, "Subtracted from the score of responses that never emit EOS (0: off)."
@@ -75,9 +84,14 @@ class PPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
         """Responses sampled per process per PPO step."""
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
 
+    ALIASES = {**ModelArgs.ALIASES, "reward_function": "reward_funcs"}
+
     def __post_init__(self) -> None:
-        if self.reward_model_name_or_path is None and self.reward_function is None:
-            raise ValueError("give a reward: --reward_model_name_or_path and/or --reward_function")
+        self.reward_funcs = [f for f in self.reward_funcs if f.lower() != "none"]  # "none" clears a config's list
+        if self.reward_model_name_or_path is None and not self.reward_funcs:
+            raise ValueError("give a reward: --reward_model_name_or_path and/or --reward_funcs")
+        if self.on_bad_reward not in ("error", "skip"):
+            raise ValueError(f"on_bad_reward must be error or skip; got '{self.on_bad_reward}'")
         if self.value_model not in VALUE_MODELS:
             raise ValueError(
                 f"value_model must be one of {', '.join(VALUE_MODELS)}; got '{self.value_model}'"

@@ -19,18 +19,14 @@ of the step.
 
 from __future__ import annotations
 
-import logging
 import math
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vlmkit.data.records import Sample
-from vlmkit.eval.answers import exact_match
-from vlmkit.rlhf.kl import build_kl_controller, kl_estimate
+from vlmkit.rlhf.kl import build_kl_controller
 from vlmkit.rlhf.ppo_math import (
     apply_missing_eos_penalty,
     compute_gae,
@@ -41,28 +37,9 @@ from vlmkit.rlhf.ppo_math import (
     policy_loss,
     value_loss,
 )  # fmt: skip
-from vlmkit.rlhf.rollout import (
-    Rollout,
-    generate_rollout,
-    make_prompt_batch,
-    response_logprobs,
-    response_slice,
-    unwrapped_for_generation,
-)  # fmt: skip
-from vlmkit.rlhf.value_model import ActorCritic, prepare_frozen, reference_logits, save_value_model
-from vlmkit.training.accelerator import fill_deepspeed_auto
-from vlmkit.training.loop import Checkpointer, StepLog
-from vlmkit.training.optim import build_optimizer, param_groups
-from vlmkit.training.stepping import OptimizerStepper, ensure_finite_weights
-
-logger = logging.getLogger(__name__)
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """PPO needs ratio == 1 on the first mini-batch: no dropout noise between rollout and update."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
+from vlmkit.rlhf.rl_trainer import RLTrainer
+from vlmkit.rlhf.rollout import Rollout
+from vlmkit.rlhf.value_model import ActorCritic
 
 
 @dataclass
@@ -84,19 +61,11 @@ class Experience:
         return self.rollout.response_mask
 
 
-@dataclass
-class PPOResult:
-    """What `PPOTrainer.train` hands back."""
-
-    global_step: int
-    bad_steps: int = 0  # optimizer updates skipped for a non-finite loss or gradient
-    history: list[dict] = field(default_factory=list)
-    train_seconds: float = 0.0
-
-
-class PPOTrainer:
+class PPOTrainer(RLTrainer):
     """Runs PPO on prompts. `reward` maps a Rollout to (B,) scores; `reference` is a frozen starting policy,
     or None for a LoRA policy (its adapters are disabled for reference passes)."""
+
+    name = "PPO"
 
     def __init__(
         self,
@@ -109,104 +78,28 @@ class PPOTrainer:
         *,
         reference=None,
     ):
-        if cfg.rollout_batch_size < 2:
-            raise ValueError(
-                f"rollout_batch_size is {cfg.rollout_batch_size}; PPO needs at least 2 responses per step"
-            )
-        if len(prompts) < cfg.rollout_batch_size * accelerator.num_processes:
-            raise ValueError(
-                f"{len(prompts)} training prompts are fewer than one rollout batch ({cfg.rollout_batch_size} x {accelerator.num_processes} processes)"
-            )
-        self.cfg, self.accelerator, self.processor, self.reward, self.prompts = (
-            cfg,
-            accelerator,
-            processor,
-            reward,
-            prompts,
-        )
-        self.tokenizer = processor.tokenizer
-        disable_dropout(model)
         value_lr = cfg.value_learning_rate or cfg.learning_rate
-        groups = param_groups(
-            model, cfg.learning_rate, cfg.weight_decay, {"value_head.": value_lr, "critic.": value_lr}
-        )
-        optimizer, self.scheduler = build_optimizer(
-            groups,
-            cfg.learning_rate,
-            cfg.lr_scheduler_type,
-            int(cfg.warmup_ratio * cfg.max_steps),
-            cfg.max_steps,
-        )
-        # No DataLoader is prepared here: DeepSpeed takes its micro-batch size (and clipping) from the config.
-        fill_deepspeed_auto(
-            accelerator, max_grad_norm=cfg.max_grad_norm, micro_batch_size=cfg.per_device_train_batch_size
-        )
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.kl_ctl = build_kl_controller(cfg.kl_controller, cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
-        self.stepper = OptimizerStepper(
-            accelerator, self.model, self.optimizer, max_grad_norm=cfg.max_grad_norm,
-            max_bad_steps=cfg.max_bad_steps, output_dir=cfg.output_dir,
+        super().__init__(
+            cfg, accelerator, model, processor, reward, prompts, reference=reference,
+            lr_overrides={"value_head.": value_lr, "critic.": value_lr}, stateful={"kl_controller": self.kl_ctl},
         )  # fmt: skip
-        # Saved as JSON beside accelerate's files (never a pickle): see training.loop.restore_checkpoint.
-        self.stateful = {"scheduler": self.scheduler, "kl_controller": self.kl_ctl}
-        self.reference = prepare_frozen(reference, accelerator) if reference is not None else None
-        self.device = accelerator.device
-        self._orders: dict[int, list[int]] = {}
 
-    # ---- pieces -------------------------------------------------------------------------------------
     @property
-    def bare(self) -> ActorCritic:
-        return self.accelerator.unwrap_model(self.model)
-
-    def prompts_for_step(self, step: int) -> list[Sample]:
-        """This process's prompts of PPO step `step`: a slice of seeded per-epoch permutations, so resuming
-        at any step reads exactly what an uninterrupted run reads."""
-        per_rank, n = self.cfg.rollout_batch_size, len(self.prompts)
-        start = (step * self.accelerator.num_processes + self.accelerator.process_index) * per_rank
-        out = []
-        for pos in range(start, start + per_rank):
-            epoch, i = divmod(pos, n)
-            if epoch not in self._orders:
-                g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-                self._orders = {epoch: torch.randperm(n, generator=g).tolist()}
-            out.append(self.prompts[self._orders[epoch][i]])
-        return out
-
-    def _forward(self, rollout: Rollout, with_values: bool) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(log-probs (B, T), response logits (B, T, V), values (B, T) or None) of the current policy."""
-        logits, values = self.model(**rollout.model_inputs(), with_values=with_values)
-        logprobs, resp_logits = response_logprobs(logits, rollout, self.cfg.temperature)
-        if values is not None:
-            values = values[:, response_slice(rollout.query_ids.shape[1], rollout.response_ids.shape[1])]
-        return logprobs, resp_logits, values
-
-    def _ref_logprobs(self, rollout: Rollout) -> Tensor:
-        logits = reference_logits(self.model, self.bare.policy, rollout.model_inputs(), self.reference)
-        return response_logprobs(logits, rollout, self.cfg.temperature)[0]
-
-    def _chunks(self, n: int, size: int) -> list[list[int]]:
-        return [list(range(i, min(n, i + size))) for i in range(0, n, size)]
-
-    def sample(self, samples: list[Sample], do_sample: bool = True) -> Rollout:
-        """Generate one response per prompt with the current policy (parameters gathered under ZeRO-3)."""
-        batch = make_prompt_batch(samples, self.processor, self.device)
-        with unwrapped_for_generation(self.model, self.accelerator) as bare:
-            return generate_rollout(
-                bare.policy, batch, self.tokenizer, max_new_tokens=self.cfg.max_new_tokens,
-                temperature=self.cfg.temperature, top_p=self.cfg.top_p, do_sample=do_sample,
-            )  # fmt: skip
+    def kl_estimator(self) -> str:
+        return self.cfg.kl_estimator
 
     @torch.no_grad()
     def score_and_compare(self, rollout: Rollout) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Raw scores (B,), policy log-probs (B, T), reference log-probs (B, T), values (B, T)."""
         scores = self.reward(rollout)
         parts = {"logprobs": [], "ref": [], "values": []}
-        for rows in self._chunks(len(rollout), self.cfg.per_device_train_batch_size):
+        for rows in self.chunks(len(rollout)):
             sub = rollout.select(rows)
-            logprobs, _, values = self._forward(sub, with_values=True)
+            logprobs, _, values = self.forward(sub, with_values=True)
             parts["logprobs"].append(logprobs)
             parts["values"].append(values)
-            parts["ref"].append(self._ref_logprobs(sub))
+            parts["ref"].append(self.ref_logprobs(sub))
         cat = {k: torch.cat(v) for k, v in parts.items()}
         return scores, cat["logprobs"], cat["ref"], cat["values"]
 
@@ -268,7 +161,7 @@ class PPOTrainer:
         cfg = self.cfg
         sub = exp.rollout.select(rows)
         mask = sub.response_mask
-        logprobs, resp_logits, values = self._forward(sub, with_values=True)
+        logprobs, resp_logits, values = self.forward(sub, with_values=True)
         pg, pg_stats = policy_loss(logprobs, exp.logprobs[rows], exp.advantages[rows], mask, cfg.cliprange)
         vf, vf_stats = value_loss(values, exp.values[rows], exp.returns[rows], mask, cfg.cliprange_value)
         loss = pg + cfg.vf_coef * vf
@@ -280,47 +173,12 @@ class PPOTrainer:
             "value_clip_fraction": vf_stats["value_clip_fraction"].item(),
         }  # fmt: skip
 
-    # ---- the loop -----------------------------------------------------------------------------------
-    def train(self) -> PPOResult:
-        """Run PPO steps until `max_steps`, resuming from `resume_from_checkpoint` when given."""
-        cfg, acc = self.cfg, self.accelerator
-        checkpoints = Checkpointer(acc, self.model, cfg, self.stateful)
-        start = checkpoints.resume(cfg.max_steps)
-        if checkpoints.resume_dir is not None:
-            logger.info("resumed PPO at step %d (kl_coef %.4g)", start, self.kl_ctl.value)
-        log = StepLog(acc, cfg, cfg.max_steps, resume_step=checkpoints.resumed_step)
-        result = PPOResult(global_step=start)
-        logger.info("PPO: %d responses per process per step, %d steps", cfg.rollout_batch_size, cfg.max_steps)
-        t_start = time.perf_counter()
-        for step in range(start, cfg.max_steps):
-            t0 = time.perf_counter()
-            kl_coef = self.kl_ctl.value
-            exp = self.make_experience(self.prompts_for_step(step))
-            t1 = time.perf_counter()
-            bad_before = self.stepper.bad_steps
-            stats = self.update(exp, step)
-            t2 = time.perf_counter()
-            skipped = stats.pop("skipped_updates")
-            record = {"step": step + 1, **self._rollout_stats(exp), **self._reduce(stats), "kl_coef": kl_coef}
-            self.kl_ctl.update(record["kl"], cfg.rollout_batch_size * acc.num_processes)
-            record.update(lr=self.scheduler.get_last_lr()[0], rollout_seconds=t1 - t0, update_seconds=t2 - t1)
-            if skipped:
-                verdict = "bad" if self.stepper.bad_steps > bad_before else "overflow"
-                record.update(skipped=verdict, skipped_updates=int(skipped))
-            result.history.append(record)
-            result.global_step, result.bad_steps = step + 1, self.stepper.bad_steps
-            log.write(record)
-            checkpoints.maybe_save(step + 1, cfg.max_steps, healthy=not self.stepper.consecutive_bad)
-        ensure_finite_weights(acc, self.model, "the trained policy", cfg.output_dir)
-        result.train_seconds = time.perf_counter() - t_start
-        return result
+    def after_step(self, record: dict) -> None:
+        """The KL controller sees the step's mean KL per response; the record keeps the coefficient used."""
+        record["kl_coef"] = self.kl_ctl.value
+        self.kl_ctl.update(record["kl"], self.cfg.rollout_batch_size * self.accelerator.num_processes)
 
-    def _reduce(self, stats: dict[str, float]) -> dict[str, float]:
-        names = sorted(stats)
-        values = self.accelerator.reduce(torch.tensor([stats[k] for k in names], device=self.device), "mean")
-        return dict(zip(names, values.tolist()))
-
-    def _rollout_stats(self, exp: Experience) -> dict[str, float]:
+    def rollout_stats(self, exp: Experience) -> dict[str, float]:
         """Means/stds over every response of the step (all processes)."""
         acc, mask = self.accelerator, exp.mask
         per_row = torch.stack(
@@ -333,73 +191,5 @@ class PPOTrainer:
             "reward_mean": rows[:, 1].mean().item(), "reward_std": rows[:, 1].std().item(),
             "kl": rows[:, 2].mean().item(), "response_length": rows[:, 3].mean().item(),
             "eos_fraction": rows[:, 4].mean().item(), "explained_variance": ev if math.isfinite(ev) else 0.0,
+            **self.reward_stats(),
         }  # fmt: skip
-
-    # ---- evaluation and saving ----------------------------------------------------------------------
-    @torch.no_grad()
-    def greedy_answers(self, samples: list[Sample]) -> list[str]:
-        """The current policy's greedy answers to `samples` (every process answers the same ones)."""
-        size = self.cfg.per_device_eval_batch_size
-        return [
-            text
-            for i in range(0, len(samples), size)
-            for text in self.sample(samples[i : i + size], False).texts
-        ]
-
-    @torch.no_grad()
-    def evaluate(self, samples: list[Sample], batch_size: int | None = None) -> dict[str, float]:
-        """Held-out metrics of the current policy on `samples`:
-
-        accuracy: greedy answers vs the reference answers (exact match after normalisation, as
-        `vlmkit.eval.answers.answer_accuracy`); reward: mean score of sampled responses (rollout
-        temperature, before any missing-EOS penalty); kl: mean KL to the reference per sampled response
-        (the run's estimator, summed over tokens). Sampling is seeded and leaves the global RNG untouched.
-        """
-        acc = self.accelerator
-        size = batch_size or self.cfg.per_device_eval_batch_size
-        per_rank = math.ceil(len(samples) / acc.num_processes)
-        # Equal shares on every process (padded by repeating), so collective forwards stay in step.
-        mine = [
-            (i % len(samples))
-            for i in range(acc.process_index * per_rank, (acc.process_index + 1) * per_rank)
-        ]
-        valid = [acc.process_index * per_rank + j < len(samples) for j in range(per_rank)]
-        rows: list[list[float]] = []  # correct, score, kl, length, has reference, real (not padding)
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.cfg.seed)
-            for start in range(0, per_rank, size):
-                chunk = [samples[i] for i in mine[start : start + size]]
-                greedy = self.sample(chunk, do_sample=False)
-                rollout = self.sample(chunk, do_sample=True)
-                scores, logprobs, ref_logprobs, _ = self.score_and_compare(rollout)
-                kl = (kl_estimate(logprobs, ref_logprobs, self.cfg.kl_estimator) * rollout.response_mask).sum(
-                    1
-                )
-                for j, (text, ref) in enumerate(zip(greedy.texts, greedy.references)):
-                    correct = float(ref is not None and exact_match(text, ref))
-                    length = rollout.response_mask[j].sum().item()
-                    real = float(valid[start + j])
-                    rows.append(
-                        [correct, scores[j].item(), kl[j].item(), length, float(ref is not None), real]
-                    )
-        table = acc.gather(torch.tensor(rows, device=self.device))
-        table = table[table[:, 5] > 0]
-        has_ref = table[:, 4] > 0
-        return {
-            "accuracy": int(table[has_ref, 0].sum()) / int(has_ref.sum()) if has_ref.any() else float("nan"),
-            "reward": table[:, 1].mean().item(), "kl": table[:, 2].mean().item(),
-            "response_length": table[:, 3].mean().item(),
-        }  # fmt: skip
-
-    def save(self, out_dir: str | Path) -> None:
-        """The policy (full or adapter) in from_pretrained form + processor, and `value_model/` beside it."""
-        acc = self.accelerator
-        state = acc.get_state_dict(self.model)  # collective under ZeRO-3: every rank calls it
-        if acc.is_main_process:
-            bare = self.bare
-            policy_state = {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}
-            bare.policy.save_pretrained(out_dir, state_dict=policy_state)
-            self.processor.save_pretrained(out_dir)
-            save_value_model(bare, out_dir, state)
-        acc.wait_for_everyone()

@@ -34,19 +34,22 @@ VALUE_CONFIG_FILE = "value_model.json"
 
 
 class ActorCritic(nn.Module):
-    """The policy (a VLM) plus its value model: `value_head` (policy_head) or `critic` (reward_model)."""
+    """The policy (a VLM) plus at most one value model: `value_head` (policy_head) or `critic`
+    (reward_model); critic-free methods (GRPO, RLOO) hold the policy alone (kind "none")."""
 
     def __init__(self, policy: VLM, value_head: nn.Linear | None = None, critic: RewardModel | None = None):
         super().__init__()
-        if (value_head is None) == (critic is None):
-            raise ValueError("ActorCritic needs exactly one value model: a value_head or a critic")
+        if value_head is not None and critic is not None:
+            raise ValueError("ActorCritic takes one value model: a value_head or a critic, not both")
         self.policy = policy
         self.value_head = value_head
         self.critic = critic
 
     @property
     def kind(self) -> str:
-        return "policy_head" if self.value_head is not None else "reward_model"
+        if self.value_head is not None:
+            return "policy_head"
+        return "reward_model" if self.critic is not None else "none"
 
     def forward(
         self,
@@ -62,6 +65,8 @@ class ActorCritic(nn.Module):
         `media_features` (n, N, D_enc) are the policy encoder's cached outputs; the critic, whose encoder
         may differ, always reads `media`.
         """
+        if with_values and self.kind == "none":
+            raise ValueError("this policy has no value model: call it with with_values=False")
         want_hidden = with_values and self.value_head is not None
         out = self.policy(
             input_ids, attention_mask, None if media_features is not None else media, media_features,
