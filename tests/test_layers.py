@@ -41,8 +41,8 @@ TOP_LAYER = max(LAYERS.values())
 
 # (importing module, imported module): sibling edges the code needs; see the module docstring.
 SIBLING_EDGES = {
-    ("vlmkit.rlhf.rewards", "vlmkit.eval.answers"),
-    ("vlmkit.rlhf.ppo_trainer", "vlmkit.eval.answers"),
+    ("vlmkit.rlhf.verifiable", "vlmkit.eval.answers"),
+    ("vlmkit.rlhf.rl_trainer", "vlmkit.eval.answers"),
     ("vlmkit.rlhf.rollout", "vlmkit.eval.answers"),
 }
 
