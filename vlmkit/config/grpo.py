@@ -16,9 +16,9 @@ class GRPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
     """Stage 4 (RL): GRPO / Dr. GRPO / DAPO / RLOO on prompts with verifiable and/or learned rewards.
 
     One GRPO step samples `num_generations` completions for each of rollout_batch_size / num_generations
-    prompts per process, where rollout_batch_size = per_device_train_batch_size x gradient_accumulation_steps;
-    scores them, computes group-relative advantages, then takes `num_iterations` optimizer steps over them.
-    `max_steps` counts GRPO steps.
+    prompts per process, where rollout_batch_size = per_device_train_batch_size x gradient_accumulation_steps x
+    steps_per_generation; scores them and computes group-relative advantages; then `num_iterations` times takes
+    `steps_per_generation` optimizer steps over shuffled mini-batches of them. `max_steps` counts GRPO steps.
     """
 
     ALIASES = {
@@ -69,7 +69,10 @@ class GRPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
     beta: float = _f(
         0.04, "Weight of the k3 KL to the reference policy in the loss; 0 loads no reference model."
     )
-    num_iterations: int = _f(1, "Optimizer steps over each generated batch (mu in the GRPO paper).")
+    num_iterations: int = _f(1, "Passes over each generated batch (mu in the GRPO paper).")
+    steps_per_generation: int = _f(
+        1, "Optimizer steps per pass over a generated batch (its mini-batches of per_device x accumulation)."
+    )
     # ---- overridden defaults ----
     learning_rate: float = _f(1e-5, "Peak learning rate of the policy.")
     lr_scheduler_type: str = _f("constant", "cosine, linear or constant (each after warm-up).")
@@ -82,7 +85,7 @@ class GRPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
     @property
     def rollout_batch_size(self) -> int:
         """Completions sampled per process per GRPO step."""
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.steps_per_generation
 
     @property
     def prompts_per_step(self) -> int:
@@ -102,7 +105,7 @@ class GRPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} must be one of {', '.join(valid)}; got '{getattr(self, name)}'")
-        for name in ("num_generations", "num_iterations", "max_new_tokens"):
+        for name in ("num_generations", "num_iterations", "steps_per_generation", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_generations < 2:
@@ -111,8 +114,9 @@ class GRPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
             )
         if self.rollout_batch_size % self.num_generations:
             raise ValueError(
-                f"per_device_train_batch_size x gradient_accumulation_steps = {self.rollout_batch_size} must be a "
-                f"multiple of num_generations = {self.num_generations} (whole groups on each process)"
+                f"per_device_train_batch_size x gradient_accumulation_steps x steps_per_generation = "
+                f"{self.rollout_batch_size} must be a multiple of num_generations = {self.num_generations} "
+                "(whole groups on each process)"
             )
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
             raise ValueError(f"epsilon_high ({self.epsilon_high}) must be >= epsilon ({self.epsilon})")

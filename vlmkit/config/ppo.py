@@ -87,7 +87,9 @@ class PPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
     ALIASES = {**ModelArgs.ALIASES, "reward_function": "reward_funcs"}
 
     def __post_init__(self) -> None:
-        self.reward_funcs = [f for f in self.reward_funcs if f.lower() != "none"]  # "none" clears a config's list
+        self.reward_funcs = [
+            f for f in self.reward_funcs if f.lower() != "none"
+        ]  # "none" clears a config's list
         if self.reward_model_name_or_path is None and not self.reward_funcs:
             raise ValueError("give a reward: --reward_model_name_or_path and/or --reward_funcs")
         if self.on_bad_reward not in ("error", "skip"):

@@ -6,11 +6,12 @@ One GRPO step (Shao et al. 2024; variants from Liu et al. 2025 and Yu et al. 202
 2. the rewards (`rewards.RewardSet`: verifiable functions and/or a reward model, weighted) score them;
    advantages are computed over the groups of all processes (`grpo_math.group_advantages`), so "batch"
    scaling sees the global batch; groups whose rewards are all equal carry no signal and are counted;
-3. with no gradient: the reference's log-probs when beta > 0, the sampling policy's when the batch is reused
-   (`num_iterations` > 1; with one iteration the ratio is exactly 1 and the old log-probs are the current
-   ones, detached);
-4. `num_iterations` optimizer steps over the batch in micro-batches of per_device_train_batch_size
-   (gradient_accumulation_steps of them), the loss normalised by `loss_type` over the whole step.
+3. with no gradient: the reference's log-probs when beta > 0, the sampling policy's when the policy moves
+   before the batch is used up (`num_iterations` or `steps_per_generation` > 1; otherwise the ratio is
+   exactly 1 and the old log-probs are the current ones, detached);
+4. `num_iterations` passes over the batch, each `steps_per_generation` optimizer steps over shuffled
+   mini-batches of per_device_train_batch_size x gradient_accumulation_steps completions, the loss
+   normalised by `loss_type` over each optimizer step.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class GroupExperience:
     rollout: Rollout
     advantages: Tensor  # (B,)
     scores: Tensor  # (B,)
-    old_logprobs: Tensor | None  # when num_iterations > 1
+    old_logprobs: Tensor | None  # when the policy moves before the batch is used up
     ref_logprobs: Tensor | None  # when beta > 0
     zero_std_groups: int  # over all processes
     num_groups: int
@@ -80,7 +81,7 @@ class GRPOTrainer(RLTrainer):
         old, ref = [], []
         for chunk in self.chunks(rows):
             sub = rollout.select(chunk)
-            if cfg.num_iterations > 1:
+            if cfg.num_iterations > 1 or cfg.steps_per_generation > 1:
                 old.append(self.forward(sub)[0])
             if cfg.beta > 0:
                 ref.append(self.ref_logprobs(sub))
@@ -90,21 +91,28 @@ class GRPOTrainer(RLTrainer):
         )  # fmt: skip
 
     def update(self, exp: GroupExperience, step: int) -> dict[str, float]:
-        """Step 4: `num_iterations` optimizer steps over the batch; mean per-micro-batch stats."""
+        """Step 4 of the module docstring; mean per-micro-batch stats."""
         cfg, acc = self.cfg, self.accelerator
-        _, items = loss_sum_and_count(exp.mask.float(), exp.mask, cfg.loss_type, cfg.max_new_tokens)
+        micro = cfg.per_device_train_batch_size
+        mini = micro * cfg.gradient_accumulation_steps
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         totals: dict[str, float] = {}
         count, skipped = 0, 0
         self.model.train()
         for _ in range(cfg.num_iterations):
-            self.stepper.begin(float(items), step + 1)
-            for rows in self.chunks(len(exp.rollout)):
-                with acc.accumulate(self.model):
-                    stats = self._micro_step(exp, rows)
-                for key, value in stats.items():
-                    totals[key] = totals.get(key, 0.0) + value
-                count += 1
-            skipped += self.stepper.outcome.verdict != "ok"
+            order = torch.randperm(len(exp.rollout), generator=g).tolist()
+            for m in range(0, len(order), mini):
+                batch = order[m : m + mini]
+                mask = exp.mask[batch]
+                _, items = loss_sum_and_count(mask.float(), mask, cfg.loss_type, cfg.max_new_tokens)
+                self.stepper.begin(float(items), step + 1)
+                for k in range(0, mini, micro):
+                    with acc.accumulate(self.model):
+                        stats = self._micro_step(exp, batch[k : k + micro])
+                    for key, value in stats.items():
+                        totals[key] = totals.get(key, 0.0) + value
+                    count += 1
+                skipped += self.stepper.outcome.verdict != "ok"
         self.scheduler.step()
         return {**{k: v / count for k, v in totals.items()}, "skipped_updates": float(skipped)}
 
