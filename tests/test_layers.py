@@ -8,8 +8,8 @@ points on top and may import each other.
 
 ssl, rlhf, hub and eval are siblings: they do not import each other, so each can be read, tested and changed
 alone. The one exception the code really needs is listed edge by edge in `SIBLING_EDGES`: RL scores
-completions with the evaluation's own answer match (a reward that disagreed with the reported accuracy would
-optimise something else) and rolls out from prompts batched exactly as evaluation generates them.
+completions with the evaluation's own answer match, `eval.answers.exact_match` (a reward that disagreed with
+the reported accuracy would optimise something else).
 
 Imports are read with `ast` from every module, at module level and inside functions, so a lazy import cannot
 hide an upward dependency.
@@ -43,7 +43,6 @@ TOP_LAYER = max(LAYERS.values())
 SIBLING_EDGES = {
     ("vlmkit.rlhf.rewards", "vlmkit.eval.answers"),
     ("vlmkit.rlhf.ppo_trainer", "vlmkit.eval.answers"),
-    ("vlmkit.rlhf.rollout", "vlmkit.eval.answers"),
 }
 
 # Known upward import being removed: the run opening in training/run.py calls the Hub pre-flight check.
