@@ -8,8 +8,8 @@ points on top and may import each other.
 
 ssl, rlhf, hub and eval are siblings: they do not import each other, so each can be read, tested and changed
 alone. The one exception the code really needs is listed edge by edge in `SIBLING_EDGES`: RL scores
-completions with the evaluation's own answer match (a reward that disagreed with the reported accuracy would
-optimise something else) and rolls out from prompts batched exactly as evaluation generates them.
+completions with the evaluation's own answer match, `eval.answers.exact_match` (a reward that disagreed with
+the reported accuracy would optimise something else).
 
 Imports are read with `ast` from every module, at module level and inside functions, so a lazy import cannot
 hide an upward dependency.
@@ -43,7 +43,6 @@ TOP_LAYER = max(LAYERS.values())
 SIBLING_EDGES = {
     ("vlmkit.rlhf.verifiable", "vlmkit.eval.answers"),
     ("vlmkit.rlhf.rl_trainer", "vlmkit.eval.answers"),
-    ("vlmkit.rlhf.rollout", "vlmkit.eval.answers"),
 }
 
 # Known upward import being removed: the run opening in training/run.py calls the Hub pre-flight check.
@@ -75,9 +74,17 @@ def imported_modules(source: str, module: str, is_package: bool = False) -> list
                 target = ".".join(
                     parts[: len(parts) - (node.level - 1)] + ([node.module] if node.module else [])
                 )
-            # `from vlmkit.training import checkpoint` depends on the package vlmkit.training: same layer.
-            found.append((target, node.lineno))
+            if target == "vlmkit":  # `from vlmkit import hub` imports the package vlmkit.hub
+                found += [(_root_member(alias.name), node.lineno) for alias in node.names]
+            else:  # `from vlmkit.training import checkpoint`: the layer is the package's either way
+                found.append((target, node.lineno))
     return [(t, line) for t, line in found if t == "vlmkit" or t.startswith("vlmkit.")]
+
+
+def _root_member(name: str) -> str:
+    """`vlmkit.<name>` when it is a module or package of vlmkit, else `vlmkit` (e.g. `__version__`)."""
+    is_module = (PACKAGE_ROOT / name).is_dir() or (PACKAGE_ROOT / f"{name}.py").is_file()
+    return f"vlmkit.{name}" if is_module else "vlmkit"
 
 
 def imports_of(path: Path) -> list[tuple[str, int]]:
@@ -136,10 +143,11 @@ def test_allowed_exceptions_are_still_needed():
         ("from vlmkit.hub import push\n", "vlmkit.ssl.x", "sibling import: ssl imports hub"),
         ("from vlmkit.eval.answers import exact_match\n", "vlmkit.ssl.x", "sibling import: ssl imports eval"),
         ("from ..models.vlm import VLM\n", "vlmkit.data.x", "upward import: data"),
+        ("from vlmkit import hub\n", "vlmkit.training.x", "upward import: training"),
     ],
 )
 def test_the_check_names_the_offending_import(source, importer, why):
-    """The checker itself: upward, lazy (function-level), sibling and relative imports are all caught."""
+    """The checker itself: upward, lazy (function-level), sibling, relative and root imports are all caught."""
     reasons = [violation(importer, target) for target, _ in imported_modules(source, importer)]
     assert any(r and r.startswith(why) for r in reasons), reasons
 

@@ -12,7 +12,6 @@ from vlmkit.eval.answers import (
     answer_accuracy,
     exact_match,
     generate_answers,
-    left_padded_batch,
     normalize_answer,
 )
 from vlmkit.models.build import build_vlm
@@ -57,12 +56,6 @@ def test_normalize_answer(text, expected):
 )
 def test_exact_match(prediction, reference, match):
     assert exact_match(prediction, reference) is match
-
-
-def test_left_padded_batch():
-    ids, mask = left_padded_batch([[5, 6, 7], [8]], pad_token_id=0, device="cpu")
-    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
-    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here trains a recipe (tens of seconds)
+
 CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
 # From the session's short stage 1 (random tiny tower): held-out accuracy ~0.375 after 300 steps.
 WEAK_STAGE2_STEPS = 300

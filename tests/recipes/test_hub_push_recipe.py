@@ -45,6 +45,7 @@ def stage2_argv(out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_stage2_lora_pushes_adapter_card_and_config_and_never_leaks_the_token(
     recipe, hub_env, tmp_path, capfd
 ):

@@ -36,6 +36,7 @@ def assert_run_contract(out: Path, *, adapter: bool = False, eval_keys: tuple[st
     return metrics
 
 
+@pytest.mark.slow
 def test_stage1_writes_the_run_contract(stage1_checkpoint):
     metrics = assert_run_contract(stage1_checkpoint, eval_keys=("eval_loss",))
     config = yaml.safe_load((stage1_checkpoint / "config.yaml").read_text())
@@ -45,6 +46,7 @@ def test_stage1_writes_the_run_contract(stage1_checkpoint):
     assert json.loads((stage1_checkpoint / "vlmkit_config.json").read_text())["num_media_tokens"] == 16
 
 
+@pytest.mark.slow
 def test_stage1_then_stage2_answers_held_out_digits(trained_stage2, digits_data):
     """conftest.trained_stage2: stage 1 (connector stacking 16 patches per token), then stage 2."""
 
@@ -82,6 +84,7 @@ def _run(cmd: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_accelerate_launch_runs_stage2(stage1_checkpoint, tmp_path):
     out = tmp_path / "launched"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
@@ -94,6 +97,7 @@ def test_accelerate_launch_runs_stage2(stage1_checkpoint, tmp_path):
     assert metrics["global_step"] == 2
 
 
+@pytest.mark.slow
 def test_plain_python_stage2_from_parts_with_lora(stage1_checkpoint, tmp_path):
     """The second launch line of the recipe docstring: separate parts, a stage-1 connector, LoRA."""
     out = tmp_path / "lora"

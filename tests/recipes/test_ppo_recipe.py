@@ -10,6 +10,8 @@ import pytest
 import torch
 import yaml
 
+pytestmark = pytest.mark.slow  # every test here trains a recipe (tens of seconds)
+
 CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
 IMAGE_PARTS = ["--vision_tower", "vlmkit-tiny/clip-vision", "--language_model", "vlmkit-tiny/llama"]
 WEAK_STAGE2_STEPS = 300  # held-out accuracy about 0.4 (the full digits config reaches > 0.9)

@@ -243,6 +243,7 @@ def test_ppo_defaults():
 
 
 # ---- the models, built with tiny stand-in weights --------------------------------------------------------
+@pytest.mark.slow
 def test_vicuna_without_a_chat_template_is_refused_and_the_header_step_fixes_it(
     vicuna_like, vicuna_with_template, data
 ):
@@ -293,6 +294,7 @@ def _safetensors(directory: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+@pytest.mark.slow
 def test_llava15_stage1_builds_and_trains_only_the_connector(stage1_run, vicuna_with_template):
     out, metrics = stage1_run
     assert metrics["global_step"] == 1 and metrics.get("skipped_samples", 0) == 0
@@ -324,6 +326,7 @@ def stage2_run(recipe, stage1_run, data, tmp_path_factory) -> tuple[Path, dict]:
     return out, metrics
 
 
+@pytest.mark.slow
 def test_llava15_stage2_reads_the_665k_mix_and_trains_from_stage1(stage2_run, data):
     out, metrics = stage2_run
     assert metrics["global_step"] == 1 and metrics.get("skipped_samples", 0) == 0
@@ -342,6 +345,7 @@ def test_llava15_stage2_reads_the_665k_mix_and_trains_from_stage1(stage2_run, da
     assert "What feature" not in supervised
 
 
+@pytest.mark.slow
 def test_qlora_config_builds_a_4bit_lora_model_and_trains(recipe, data, tmp_path):
     from vlmkit.models.build import build_vlm
 
@@ -388,6 +392,7 @@ def reward_model_dir(stage2_run, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_ppo_config_runs_on_the_stage2_policy_with_a_reward_model(
     recipe, stage2_run, reward_model_dir, data, tmp_path
 ):

@@ -10,6 +10,8 @@ from vlmkit.data.preference import PreferenceCollator, preference_dataset
 from vlmkit.data.records import SkipCounter
 from vlmkit.rlhf.reward_model import evaluate_pairs, load_reward_model
 
+pytestmark = pytest.mark.slow  # every test here trains a recipe (tens of seconds)
+
 CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
 
 

@@ -52,12 +52,14 @@ def lora_run(recipe, digits_data, tmp_path_factory):
     return out, metrics
 
 
+@pytest.mark.slow
 def test_lora_reaches_held_out_accuracy(lora_run):
     out, metrics = lora_run
     assert metrics["eval_accuracy"] >= 0.85, metrics
     assert json.loads((out / "metrics.json").read_text())["eval_accuracy"] == metrics["eval_accuracy"]
 
 
+@pytest.mark.slow
 def test_adapter_directory_holds_only_adapter_connector_and_processor(lora_run):
     out, _ = lora_run
     assert not (out / "encoder").exists()  # the frozen encoder is referenced by path
@@ -93,6 +95,7 @@ def _prompt_inputs(processor):
     return input_ids, torch.ones_like(input_ids), processor.process_media([image])
 
 
+@pytest.mark.slow
 def test_adapter_reloads_with_plain_peft_and_merges_to_the_same_logits(lora_run, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, CLIPVisionModel
@@ -134,6 +137,7 @@ def test_adapter_reloads_with_plain_peft_and_merges_to_the_same_logits(lora_run,
         )
 
 
+@pytest.mark.slow
 def test_qlora_4bit_trains_and_reaches_held_out_accuracy(recipe, digits_data, tmp_path):
     pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes: pip install 'vlmkit[qlora]'")
     out = tmp_path / "qlora"

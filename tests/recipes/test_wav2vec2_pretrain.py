@@ -9,6 +9,8 @@ import pytest
 import torch
 import yaml
 
+pytestmark = pytest.mark.slow  # every test here trains a recipe (tens of seconds)
+
 CONFIG = str(Path(__file__).resolve().parents[2] / "recipes" / "configs" / "spoken_digits_wav2vec2.yaml")
 # Half the shipped schedule (the temperature decays twice as fast), enough for a clear probe gap.
 FAST = ["--max_steps", "150", "--gumbel_temperature_decay", "0.99", "--logging_steps", "10"]

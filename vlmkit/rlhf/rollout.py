@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from vlmkit.data.prompts import left_padded_batch, prepare_prompts
 from vlmkit.data.records import Sample
-from vlmkit.eval.answers import left_padded_batch, prepare_prompts
 from vlmkit.models.encoders import encode
 from vlmkit.rlhf.ppo_math import logprobs_from_logits
 
