@@ -97,3 +97,19 @@ def trained_stage2(digits_data, tmp_path_factory) -> tuple[Path, Path]:
          "--output_dir", str(stage2), "--report_to", "none", *FAST_STAGE2]
     )  # fmt: skip
     return stage1, stage2
+
+
+WEAK_STAGE2_STEPS = 300  # held-out accuracy about 0.4 (the full digits config reaches > 0.9)
+
+
+@pytest.fixture(scope="session")
+def weak_image_policy(digits_data, tmp_path_factory) -> Path:
+    """Stage 2 from tiny parts, stopped early on purpose: room for RL (PPO, GRPO) to improve it."""
+    out = tmp_path_factory.mktemp("weak_stage2")
+    load_recipe("llava_stage2").main(
+        ["--config", str(CONFIGS / "digits_llava_stage2.yaml"), "--model_name_or_path", "none",
+         "--vision_tower", "vlmkit-tiny/clip-vision", "--language_model", "vlmkit-tiny/llama",
+         "--data_path", "vlmkit-data/digits/stage2_train.json", "--eval_data_path", "none",
+         "--output_dir", str(out), "--max_steps", str(WEAK_STAGE2_STEPS), "--report_to", "none"]
+    )  # fmt: skip
+    return out

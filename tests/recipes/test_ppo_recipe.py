@@ -13,8 +13,6 @@ import yaml
 pytestmark = pytest.mark.slow  # every test here trains a recipe (tens of seconds)
 
 CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
-IMAGE_PARTS = ["--vision_tower", "vlmkit-tiny/clip-vision", "--language_model", "vlmkit-tiny/llama"]
-WEAK_STAGE2_STEPS = 300  # held-out accuracy about 0.4 (the full digits config reaches > 0.9)
 PPO_STEPS = 20
 NO_KL_STEPS = 10
 KL_BAND = 2.0  # eval_kl must stay within KL_BAND x the adaptive controller's target
@@ -22,24 +20,6 @@ LOG_KEYS = (
     "score_mean", "score_std", "reward_mean", "reward_std", "kl", "kl_coef", "entropy", "clip_fraction",
     "approx_kl", "value_loss", "explained_variance", "response_length", "rollout_seconds", "update_seconds",
 )  # fmt: skip
-
-
-def _weak_stage2(recipe, out: Path, parts: list[str], data: str, steps: int) -> Path:
-    recipe("llava_stage2").main(
-        [
-            "--config", str(CONFIGS / "digits_llava_stage2.yaml"), "--model_name_or_path", "none", *parts,
-            "--data_path", f"{data}_train.json", "--eval_data_path", "none", "--output_dir", str(out),
-            "--max_steps", str(steps), "--report_to", "none",
-        ]
-    )  # fmt: skip
-    return out
-
-
-@pytest.fixture(scope="module")
-def weak_policy(recipe, tmp_path_factory) -> Path:
-    """Stage 2 from tiny parts, stopped early on purpose: room for PPO to improve it."""
-    out = tmp_path_factory.mktemp("ppo_weak_stage2")
-    return _weak_stage2(recipe, out, IMAGE_PARTS, "vlmkit-data/digits/stage2", WEAK_STAGE2_STEPS)
 
 
 def _ppo(recipe, policy: Path, out: Path, *extra: str) -> dict:
@@ -52,10 +32,10 @@ def _ppo(recipe, policy: Path, out: Path, *extra: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ppo_run(recipe, weak_policy, tmp_path_factory) -> tuple[Path, dict]:
+def ppo_run(recipe, weak_image_policy, tmp_path_factory) -> tuple[Path, dict]:
     """The embedded digits PPO config (verifiable digit_match reward, adaptive KL), fewer steps."""
     out = tmp_path_factory.mktemp("ppo")
-    return out, _ppo(recipe, weak_policy, out)
+    return out, _ppo(recipe, weak_image_policy, out)
 
 
 def test_ppo_raises_held_out_reward_and_accuracy_within_the_kl_band(ppo_run):
@@ -85,11 +65,11 @@ def test_ppo_raises_held_out_reward_and_accuracy_within_the_kl_band(ppo_run):
     assert json.loads((out / "metrics.json").read_text())["eval_accuracy"] == metrics["eval_accuracy"]
 
 
-def test_without_the_kl_penalty_the_policy_drifts_further(recipe, weak_policy, ppo_run, tmp_path):
+def test_without_the_kl_penalty_the_policy_drifts_further(recipe, weak_image_policy, ppo_run, tmp_path):
     """The first NO_KL_STEPS steps of the same run with the penalty off: the rollouts' KL grows larger."""
     out, _ = ppo_run
     without = _ppo(
-        recipe, weak_policy, tmp_path / "no_kl", "--kl_controller", "fixed", "--init_kl_coef", "0",
+        recipe, weak_image_policy, tmp_path / "no_kl", "--kl_controller", "fixed", "--init_kl_coef", "0",
         "--max_steps", str(NO_KL_STEPS),
     )  # fmt: skip
 
@@ -100,20 +80,20 @@ def test_without_the_kl_penalty_the_policy_drifts_further(recipe, weak_policy, p
     assert mean_kl(tmp_path / "no_kl") > mean_kl(out), without
 
 
-def test_reward_model_scores_and_initialises_the_critic(recipe, weak_policy, tmp_path):
+def test_reward_model_scores_and_initialises_the_critic(recipe, weak_image_policy, tmp_path):
     """A reward model that gives every answer 0.25 (zero weights, bias 0.25): the scores really come from it."""
     from vlmkit.models.processor import VLMProcessor
     from vlmkit.models.vlm import VLM
     from vlmkit.rlhf.reward_model import RewardModel
 
-    reward_model = RewardModel(VLM.from_pretrained(weak_policy))
+    reward_model = RewardModel(VLM.from_pretrained(weak_image_policy))
     torch.nn.init.zeros_(reward_model.score_head.weight)
     torch.nn.init.constant_(reward_model.score_head.bias, 0.25)
     reward_model.save_pretrained(tmp_path / "rm")
-    VLMProcessor.from_pretrained(weak_policy).save_pretrained(tmp_path / "rm")  # as the recipe saves it
+    VLMProcessor.from_pretrained(weak_image_policy).save_pretrained(tmp_path / "rm")  # as the recipe saves it
     out = tmp_path / "ppo_rm"
     metrics = _ppo(
-        recipe, weak_policy, out, "--reward_function", "none", "--reward_model_name_or_path", str(tmp_path / "rm"),
+        recipe, weak_image_policy, out, "--reward_function", "none", "--reward_model_name_or_path", str(tmp_path / "rm"),
         "--value_model", "reward_model", "--max_steps", "2", "--max_eval_samples", "16", "--missing_eos_penalty", "0",
     )  # fmt: skip
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
