@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     metrics = {}
     if state.is_main_process:
-        metrics = finish_run(out, flat_metrics(results), started=started, title="eval")
+        metrics = {**flat_metrics(results), "world_size": state.num_processes}
+        metrics = finish_run(out, metrics, started=started, title="eval")
     state.wait_for_everyone()
     return metrics
 

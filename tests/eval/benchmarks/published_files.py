@@ -171,17 +171,20 @@ def write_chartqa(root: Path) -> Path:
 
 
 def write_custom(root: Path) -> tuple[Path, Path]:
-    """A user's mcq jsonl (columns q/img/choices/gt) and vqa json (question/image/answer)."""
+    """A user's mcq jsonl and vqa json, both with the columns q, img, gt (and choices for mcq)."""
     base = root / "mine"
     base.mkdir(parents=True, exist_ok=True)
     mcq = [{"q": "Pick the fruit", "img": "x.png", "choices": ["car", "apple"], "gt": "apple"},
            {"q": "Pick the tool", "img": "x.png", "choices": ["hammer", "pear", "plum"], "gt": "A"}]  # fmt: skip
     (base / "mcq.jsonl").write_text("\n".join(json.dumps(r) for r in mcq) + "\n")
-    vqa = [{"question": "What count?", "image": "x.png", "answer": "Two"},
-           {"question": "What brand?", "image": "x.png", "answer": ["coke"] * 4 + ["pepsi"] * 6}]  # fmt: skip
+    vqa = [{"q": "What count?", "img": "x.png", "gt": "Two"},
+           {"q": "What brand?", "img": "x.png", "gt": ["coke"] * 4 + ["pepsi"] * 6}]  # fmt: skip
     (base / "vqa.json").write_text(json.dumps(vqa))
     save_png(base / "x.png", 13)
     return base / "mcq.jsonl", base / "vqa.json"
+
+
+FIELD_MAP = "question=q,image=img,options=choices,answer=gt"
 
 
 def write_all(root: Path) -> dict[str, Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from published_files import (
+    FIELD_MAP,
     write_chartqa,
     write_custom,
     write_mmbench,
@@ -127,14 +128,14 @@ def test_chartqa_relaxed_accuracy_per_split(tmp_path):
 
 def test_custom_mcq_and_vqa_with_a_field_map(tmp_path):
     mcq, vqa = write_custom(tmp_path)
-    task = build_task("mcq", field_map="question=q,image=img,options=choices,answer=gt")
+    task = build_task("mcq", field_map=FIELD_MAP)
     items = task.load(mcq, mcq.parent, RowReader())
     assert [it.target for it in items] == ["B", "A"]  # by option text, by letter
     assert items[0].prompt == ("<image>\nPick the fruit\nA. car\nB. apple\n"
                                "Answer with the option's letter from the given choices directly.")  # fmt: skip
     result, _ = score_task(task, items, ["B", "pear"])
     assert result["metrics"] == {"accuracy": 0.5} and result["fallback_count"] == 1
-    task = build_task("vqa")
+    task = build_task("vqa", field_map=FIELD_MAP)
     items = task.load(vqa, vqa.parent, RowReader())
     result, _ = score_task(task, items, ["2", "Coke."])  # "Two" == "2"; 4 of 10 humans said coke -> 1
     assert result["metrics"] == {"accuracy": 1.0}

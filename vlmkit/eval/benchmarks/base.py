@@ -94,8 +94,9 @@ def file_hash(*paths: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def read_records(path: str | Path) -> list:
-    """Rows of a .json (a list, or {'data'|'questions'|'annotations': list}), .jsonl or .parquet file."""
+def read_records(path: str | Path, reader: RowReader | None = None) -> list:
+    """Rows of a .json (a list, or {'data'|'questions'|'annotations': list}), JSON lines (.jsonl, or .json
+    as POPE ships them) or .parquet file. A bad JSON line goes to `reader` (error or counted skip)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: benchmark file not found")
@@ -103,43 +104,34 @@ def read_records(path: str | Path) -> list:
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
-    if path.suffix == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as fh:
-            for i, line in enumerate(fh):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise BadSampleError(
-                            str(path), i, None, f"malformed row: invalid JSON ({err})"
-                        ) from err
-        return rows
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        # POPE ships JSON lines under a .json name.
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".jsonl":
         try:
-            return read_records_as_lines(path)
-        except BadSampleError:
-            raise BadSampleError(str(path), None, None, f"invalid JSON ({err})") from err
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            if err.msg != "Extra data":  # not several JSON values one per line
+                raise BadSampleError(str(path), None, None, f"invalid JSON ({err})") from err
+        else:
+            return _rows_of(data, path)
+    rows = []
+    for i, line in enumerate(text.splitlines()):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                (reader or RowReader()).bad(path, i, None, f"malformed row: invalid JSON ({err})")
+    return rows
+
+
+def _rows_of(data, path: Path) -> list:
     if isinstance(data, dict):
         for key in ("data", "questions", "annotations"):
             if isinstance(data.get(key), list):
                 return data[key]
         raise BadSampleError(str(path), None, None, "expected a list of rows or an object with a 'data' list")
+    if not isinstance(data, list):
+        raise BadSampleError(str(path), None, None, "expected a list of rows")
     return data
-
-
-def read_records_as_lines(path: Path) -> list:
-    rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise BadSampleError(str(path), i, None, f"malformed row: invalid JSON ({err})") from err
-    return rows
 
 
 def with_image_token(text: str, n_images: int) -> str:

@@ -56,7 +56,7 @@ class ChartQATask(Task):
         items = []
         for file in files:
             split = file.stem.replace("test_", "")
-            for row, r in enumerate(read_records(file)):
+            for row, r in enumerate(read_records(file, reader)):
                 if not reader.require(r, ("imgname", "query", "label"), file, row):
                     continue
                 image = reader.image_file(image_folder, r["imgname"], file, row, "imgname")

@@ -55,7 +55,7 @@ class CustomTask(Task):
         f = self.fields
         required = (f["question"], f["image"], f["answer"]) + ((f["options"],) if self.needs_options else ())
         items = []
-        for row, r in enumerate(read_records(path)):
+        for row, r in enumerate(read_records(path, reader)):
             if not reader.require(r, required, path, row):
                 continue
             images = r[f["image"]] if isinstance(r[f["image"]], list) else [r[f["image"]]]

@@ -157,7 +157,7 @@ class MMMUTask(Task):
     def load(self, path: Path, image_folder: Path, reader: RowReader) -> list[EvalItem]:
         items = []
         for file in self.files(path):
-            for row, r in enumerate(read_records(file)):
+            for row, r in enumerate(read_records(file, reader)):
                 if not reader.require(r, ("id", "question", "answer"), file, row):
                     continue
                 try:

@@ -72,12 +72,16 @@ class POPETask(Task):
         items = []
         for file in self.files(path):
             split_from_name = file.stem.rsplit("_", 1)[-1]
-            for row, r in enumerate(read_records(file)):
-                question = r.get("text", r.get("question")) if isinstance(r, dict) else None
-                label = r.get("label", r.get("answer")) if isinstance(r, dict) else None
-                if not reader.require({"text": question, "label": label, "image": r.get("image")}
-                                      if isinstance(r, dict) else r, ("text", "label", "image"), file, row):  # fmt: skip
+            for row, r in enumerate(read_records(file, reader)):
+                if isinstance(r, dict):  # POPE's own field names, or lmms-eval's question/answer
+                    r = {
+                        **r,
+                        "text": r.get("text", r.get("question")),
+                        "label": r.get("label", r.get("answer")),
+                    }
+                if not reader.require(r, ("text", "label", "image"), file, row):
                     continue
+                question, label = r["text"], r["label"]
                 label = str(label).strip().lower()
                 if label not in ("yes", "no"):
                     reader.bad(file, row, "label", f"malformed row: label '{label}' is not yes or no")
@@ -98,8 +102,8 @@ class POPETask(Task):
 
     def score(self, items: list[EvalItem], parsed: list[Parsed]) -> tuple[dict, list[float]]:
         metrics: dict = {}
-        splits = sorted({it.meta["split"] for it in items}, key=lambda s: (s not in SPLITS, SPLITS.index(s)
-                                                                          if s in SPLITS else 0, s))  # fmt: skip
+        order = {s: i for i, s in enumerate(SPLITS)}
+        splits = sorted({it.meta["split"] for it in items}, key=lambda s: (order.get(s, len(SPLITS)), s))
         for split in splits:
             chosen = [(it.target, p.value) for it, p in zip(items, parsed) if it.meta["split"] == split]
             for key, value in pope_metrics(*zip(*chosen)).items():

@@ -129,7 +129,7 @@ class VQAv2Task(VQATask):
         annotations = {a.get("question_id"): a for a in read_records(ann_path) if isinstance(a, dict)}
         split = "val2014" if "val2014" in path.name else image_folder.name
         items = []
-        for row, q in enumerate(read_records(path)):
+        for row, q in enumerate(read_records(path, reader)):
             if not reader.require(q, ("question_id", "question", "image_id"), path, row):
                 continue
             ann = annotations.get(q["question_id"])
@@ -157,7 +157,7 @@ class TextVQATask(VQATask):
 
     def load(self, path: Path, image_folder: Path, reader: RowReader) -> list[EvalItem]:
         items = []
-        for row, r in enumerate(read_records(path)):
+        for row, r in enumerate(read_records(path, reader)):
             if not reader.require(r, ("question_id", "question", "image_id", "answers"), path, row):
                 continue
             image = reader.image_file(image_folder, f"{r['image_id']}.jpg", path, row, "image_id")
@@ -179,7 +179,7 @@ class VizWizTask(VQATask):
 
     def load(self, path: Path, image_folder: Path, reader: RowReader) -> list[EvalItem]:
         items = []
-        for row, r in enumerate(read_records(path)):
+        for row, r in enumerate(read_records(path, reader)):
             if not reader.require(r, ("image", "question", "answers"), path, row):
                 continue
             image = reader.image_file(image_folder, r["image"], path, row, "image")
