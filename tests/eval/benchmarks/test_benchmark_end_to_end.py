@@ -73,6 +73,7 @@ def test_every_format_through_the_cli(tiny_checkpoints, tmp_path, capsys):
     assert generate_answers(model, processor, [sample], max_new_tokens=16)[0][0] == row["prediction"]
 
 
+@pytest.mark.slow
 def test_recipe_on_a_lora_adapter_with_the_embedded_digits(recipe, tiny_checkpoints, tmp_path):
     out = tmp_path / "eval"
     metrics = recipe("eval").main(
