@@ -114,8 +114,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="Where to write the metrics JSON (default CHECKPOINT/eval_metrics.json).",
     )
+    from vlmkit.eval.benchmarks.registry import TASKS
+
     bench = p.add_argument_group("benchmarks (instead of --data_path)")
-    bench.add_argument("--tasks", default=None, help="Comma-separated benchmark tasks, e.g. mmbench,pope.")
+    bench.add_argument("--tasks", default=None, help=f"Comma-separated benchmark tasks: {', '.join(TASKS)}.")
     bench.add_argument("--data_dir", default=None, help="Folder holding each task's files in their layout.")
     bench.add_argument("--data_files", nargs="*", default=[], help="TASK=PATH overrides of a task's file.")
     bench.add_argument("--image_folders", nargs="*", default=[], help="TASK=DIR overrides of image folders.")
