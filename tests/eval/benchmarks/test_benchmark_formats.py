@@ -139,3 +139,15 @@ def test_custom_mcq_and_vqa_with_a_field_map(tmp_path):
     items = task.load(vqa, vqa.parent, RowReader())
     result, _ = score_task(task, items, ["2", "Coke."])  # "Two" == "2"; 4 of 10 humans said coke -> 1
     assert result["metrics"] == {"accuracy": 1.0}
+
+
+def test_max_samples_keeps_whole_questions_per_split(tmp_path):
+    from vlmkit.eval.benchmarks.runner import first_questions
+
+    write_mmbench(tmp_path), write_pope(tmp_path)
+    _, items = load("mmbench", tmp_path)
+    assert [it.uid for it in first_questions(items, 1)] == ["10/r0", "10/r1", "10/r2", "10/r3"]
+    _, items = load("pope", tmp_path)
+    kept = first_questions(items, 1)
+    assert sorted(it.meta["split"] for it in kept) == ["adversarial", "popular", "random"]
+    assert first_questions(items, 0) == items
