@@ -40,6 +40,8 @@ def relaxed_correct(prediction: str, target: str, max_relative_change: float = 0
 
 
 class ChartQATask(Task):
+    """ChartQA test (human and augmented); relaxed accuracy per split and their mean."""
+
     name, prompt_id = "chartqa", "chartqa_short_answer"
     parser = "strip"
     max_new_tokens = 16

@@ -73,6 +73,8 @@ class CustomTask(Task):
 
 
 class MCQTask(CustomTask):
+    """A user's multiple-choice rows (answer as letter, index or option text); accuracy."""
+
     name, prompt_id, parser = "mcq", "mmbench_llava_letter", "mmbench_letter_then_option_text"
     max_new_tokens = 8
     needs_options = True
@@ -105,6 +107,8 @@ class MCQTask(CustomTask):
 
 
 class VQACustomTask(CustomTask):
+    """A user's open questions (one answer, or a list of human answers); VQA-normalised accuracy."""
+
     name, prompt_id, parser = "vqa", "vqa_short_answer", "vqa_normalize"
     max_new_tokens = 16
 

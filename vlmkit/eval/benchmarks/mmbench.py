@@ -37,6 +37,8 @@ def mmbench_prompt(question: str, hint: str | None, options: list[str]) -> str:
 
 
 class MMBenchTask(Task):
+    """MMBench dev/test TSV: every option rotation asked; circular and vanilla accuracy."""
+
     name, prompt_id = "mmbench", "mmbench_llava_letter"
     parser = "mmbench_letter_then_option_text"
     max_new_tokens = 8

@@ -139,6 +139,8 @@ def mmmu_prompt(question: str, options: list[str]) -> str:
 
 
 class MMMUTask(Task):
+    """MMMU validation parquet files; accuracy overall, on multiple-choice and on open questions."""
+
     name, prompt_id = "mmmu", "mmmu_llava15"
     parser = "mmmu_parse_multi_choice_or_open"
     max_new_tokens = 32

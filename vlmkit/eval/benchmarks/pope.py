@@ -50,6 +50,8 @@ def pope_metrics(labels: list[str], predictions: list[str]) -> dict:
 
 
 class POPETask(Task):
+    """POPE yes/no questions; binary metrics per split and their mean."""
+
     name, prompt_id = "pope", "pope_short_answer"
     parser = "pope_no_not_else_yes"
     max_new_tokens = 8

@@ -22,6 +22,8 @@ def scienceqa_prompt(question: str, hint: str, choices: list[str]) -> str:
 
 
 class ScienceQATask(Task):
+    """ScienceQA-IMG: test questions with an image; accuracy, and accuracy by LLaVA's rule alone."""
+
     name, prompt_id = "scienceqa_img", "scienceqa_llava15_context_question_options"
     parser = "scienceqa_llava_letter_then_mmbench_letter"
     max_new_tokens = 8
