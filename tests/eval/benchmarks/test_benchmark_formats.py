@@ -151,3 +151,20 @@ def test_max_samples_keeps_whole_questions_per_split(tmp_path):
     kept = first_questions(items, 1)
     assert sorted(it.meta["split"] for it in kept) == ["adversarial", "popular", "random"]
     assert first_questions(items, 0) == items
+
+
+def test_data_hash_covers_the_question_files_not_the_images(tmp_path):
+    from vlmkit.eval.benchmarks.base import file_hash
+
+    write_pope(tmp_path), write_vqav2(tmp_path)
+    pope = build_task("pope")
+    files = pope.data_files(tmp_path / "pope")
+    assert [f.name for f in files] == [f"coco_pope_{s}.json" for s in ("adversarial", "popular", "random")]
+    before = file_hash(*files)
+    (tmp_path / "pope" / "val2014" / "COCO_val2014_000000000000.jpg").write_bytes(b"other")
+    assert file_hash(*pope.data_files(tmp_path / "pope")) == before
+    (tmp_path / "pope" / "coco_pope_random.json").write_text('{"question_id": 1}\n')
+    assert file_hash(*pope.data_files(tmp_path / "pope")) != before
+    questions = tmp_path / "vqav2" / "v2_OpenEnded_mscoco_val2014_questions.json"
+    names = [f.name for f in build_task("vqav2").data_files(questions)]
+    assert names == [questions.name, "v2_mscoco_val2014_annotations.json"]

@@ -18,6 +18,7 @@ from vlmkit.data.records import IMAGE_TOKEN, BadSampleError, SkipCounter
 RULE, FALLBACK, FAILED = "rule", "fallback", "failed"
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
+DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".tsv")
 
 
 @dataclass
@@ -81,16 +82,13 @@ class RowReader:
 
 
 def file_hash(*paths: str | Path) -> str:
-    """sha256 over the given files (directories: every file below, in sorted order), first 16 hex digits."""
+    """sha256 over the names and bytes of the given files, first 16 hex digits."""
     h = hashlib.sha256()
-    for root in paths:
-        root = Path(root)
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-        for p in files:
-            h.update(p.name.encode() + b"\0")
-            with open(p, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
+    for p in paths:
+        h.update(Path(p).name.encode() + b"\0")
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
     return h.hexdigest()[:16]
 
 
@@ -157,6 +155,12 @@ class Task:
 
     def load(self, path: Path, image_folder: Path, reader: RowReader) -> list[EvalItem]:
         raise NotImplementedError
+
+    def data_files(self, path: Path) -> list[Path]:
+        """The files whose contents define the questions and answers (hashed into the results; no images)."""
+        if path.is_dir():
+            return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES)
+        return [path]
 
     def parse(self, item: EvalItem, text: str) -> Parsed:
         raise NotImplementedError

@@ -146,7 +146,7 @@ class MMMUTask(Task):
     max_new_tokens = 32
     default_file = "mmmu"  # a directory holding */validation-*.parquet, or one file
 
-    def files(self, path: Path) -> list[Path]:
+    def data_files(self, path: Path) -> list[Path]:
         if path.is_dir():
             found = sorted(path.rglob("validation-*.parquet"))
             if not found:
@@ -158,7 +158,7 @@ class MMMUTask(Task):
 
     def load(self, path: Path, image_folder: Path, reader: RowReader) -> list[EvalItem]:
         items = []
-        for file in self.files(path):
+        for file in self.data_files(path):
             for row, r in enumerate(read_records(file, reader)):
                 if not reader.require(r, ("id", "question", "answer"), file, row):
                     continue

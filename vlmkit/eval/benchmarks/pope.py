@@ -58,7 +58,7 @@ class POPETask(Task):
     default_file = "pope"  # a directory of coco_pope_<split>.json files, or one file
     default_images = "val2014"
 
-    def files(self, path: Path) -> list[Path]:
+    def data_files(self, path: Path) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl") and "pope" in p.name)
             if not found:
@@ -72,7 +72,7 @@ class POPETask(Task):
         if path.is_dir() and image_folder == path / self.default_images and not image_folder.is_dir():
             image_folder = path
         items = []
-        for file in self.files(path):
+        for file in self.data_files(path):
             split_from_name = file.stem.rsplit("_", 1)[-1]
             for row, r in enumerate(read_records(file, reader)):
                 if isinstance(r, dict):  # POPE's own field names, or lmms-eval's question/answer

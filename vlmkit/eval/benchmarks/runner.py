@@ -166,7 +166,7 @@ def run_benchmarks(model, processor, options: BenchmarkOptions, *, model_name: s
         if not state.is_main_process:
             continue
         result, task_rows = score_task(task, items, texts)
-        result.update(model=model_name, data_file=str(path), data_hash=file_hash(path),
+        result.update(model=model_name, data_file=str(path), data_hash=file_hash(*task.data_files(path)),
                       skipped_rows=reader.skips.total, skipped_reasons=reader.skips.as_dict())  # fmt: skip
         results[task.name] = result
         rows.extend(task_rows)

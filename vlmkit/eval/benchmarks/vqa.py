@@ -124,8 +124,18 @@ class VQAv2Task(VQATask):
     default_file = "vqav2/v2_OpenEnded_mscoco_val2014_questions.json"
     default_images = "val2014"
 
+    @staticmethod
+    def annotations_file(questions: Path) -> Path:
+        """v2_OpenEnded_mscoco_val2014_questions.json -> v2_mscoco_val2014_annotations.json beside it."""
+        return questions.with_name(
+            questions.name.replace("_questions", "_annotations").replace("OpenEnded_", "")
+        )
+
+    def data_files(self, path: Path) -> list[Path]:
+        return [path, self.annotations_file(path)]
+
     def load(self, path: Path, image_folder: Path, reader: RowReader) -> list[EvalItem]:
-        ann_path = path.with_name(path.name.replace("_questions", "_annotations").replace("OpenEnded_", ""))
+        ann_path = self.annotations_file(path)
         annotations = {a.get("question_id"): a for a in read_records(ann_path) if isinstance(a, dict)}
         split = "val2014" if "val2014" in path.name else image_folder.name
         items = []
