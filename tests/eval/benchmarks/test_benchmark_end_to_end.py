@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from published_files import FIELD_MAP, write_all
+from published_files import FIELD_MAP, write_all, write_pope
 
 from vlmkit.cli import main
 from vlmkit.config.args import LoraArgs, ModelArgs
@@ -71,6 +71,23 @@ def test_every_format_through_the_cli(tiny_checkpoints, tmp_path, capsys):
     image = data / "chartqa" / "test" / "png" / "c1.png"
     sample = Sample([Turn("user", row["prompt"])], images=[str(image)])
     assert generate_answers(model, processor, [sample], max_new_tokens=16)[0][0] == row["prediction"]
+
+
+def test_skipped_rows_are_counted_in_the_results(tiny_checkpoints, tmp_path, capsys):
+    base = write_pope(tmp_path / "data")
+    (base / "val2014" / "COCO_val2014_000000000001.jpg").unlink()  # row 1 of each split's file
+    out = tmp_path / "out"
+    argv = ["eval", str(tiny_checkpoints / "full"), "--tasks", "pope", "--data_dir", str(tmp_path / "data"),
+            "--output_dir", str(out)]  # fmt: skip
+    assert main(argv) == 2  # stops at the first bad row by default
+    missing_model = ["eval", str(tmp_path / "no_model"), *argv[2:]]
+    capsys.readouterr()
+    assert main(missing_model) == 2  # the data is read before the model loads
+    assert "coco_pope_adversarial.json, record 1, field 'image': missing image" in capsys.readouterr().err
+    assert main([*argv, "--on_bad_sample", "skip"]) == 0
+    result = json.loads((out / RESULTS_FILE).read_text())["pope"]
+    assert result["n"] == 6 and result["skipped_rows"] == 3
+    assert result["skipped_reasons"] == {"missing image": 3}
 
 
 @pytest.mark.slow

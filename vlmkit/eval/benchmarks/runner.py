@@ -140,35 +140,52 @@ def score_task(task: Task, items: list[EvalItem], texts: list[str]) -> tuple[dic
     return result, rows
 
 
-def run_benchmarks(model, processor, options: BenchmarkOptions, *, model_name: str, state,
-                   output_dir: str | Path | None = None) -> dict[str, dict]:  # fmt: skip
-    """Evaluate every task in `options`; returns {task: result} on the main process ({} elsewhere) and writes
-    the output files into `output_dir` when given."""
-    if processor.spec.modality != "image":
-        raise ValueError(
-            f"{model_name} is an {processor.spec.modality} model; the benchmarks are image tasks"
-        )
-    tasks = [
-        build_task(name, field_map=options.field_map if name in ("mcq", "vqa") else None)
-        for name in options.tasks
-    ]  # fmt: skip  (unknown names fail here, before any loading)
-    results, rows = {}, []
+@dataclass
+class LoadedTask:
+    """A task with its items read from disk (before any model is loaded, so bad data fails fast)."""
+
+    task: Task
+    path: Path
+    items: list[EvalItem]
+    reader: RowReader
+
+
+def load_tasks(options: BenchmarkOptions) -> list[LoadedTask]:
+    """Build every task (unknown names fail first) and read its file into items."""
+    tasks = [build_task(name, field_map=options.field_map if name in ("mcq", "vqa") else None)
+             for name in options.tasks]  # fmt: skip
+    loaded = []
     for task in tasks:
         path, images = locate(task, options)
         reader = RowReader(options.on_bad_sample)
         items = first_questions(task.load(path, images, reader), options.max_samples)
         if not items:
             raise ValueError(f"{path}: no usable rows for task '{task.name}'")
+        loaded.append(LoadedTask(task, path, items, reader))
+    return loaded
+
+
+def run_benchmarks(model, processor, options: BenchmarkOptions, *, model_name: str, state,
+                   output_dir: str | Path | None = None,
+                   loaded: list[LoadedTask] | None = None) -> dict[str, dict]:  # fmt: skip
+    """Evaluate every task in `options` (or the already `loaded` ones); returns {task: result} on the main
+    process ({} elsewhere) and writes the output files into `output_dir` when given."""
+    if processor.spec.modality != "image":
+        raise ValueError(
+            f"{model_name} is an {processor.spec.modality} model; the benchmarks are image tasks"
+        )
+    results, rows = {}, []
+    for t in loaded if loaded is not None else load_tasks(options):
         texts = generate_texts(
-            model, processor, items, batch_size=options.batch_size, state=state, desc=task.name,
-            max_new_tokens=options.max_new_tokens or task.max_new_tokens,
+            model, processor, t.items, batch_size=options.batch_size, state=state, desc=t.task.name,
+            max_new_tokens=options.max_new_tokens or t.task.max_new_tokens,
         )  # fmt: skip
         if not state.is_main_process:
             continue
-        result, task_rows = score_task(task, items, texts)
-        result.update(model=model_name, data_file=str(path), data_hash=file_hash(*task.data_files(path)),
-                      skipped_rows=reader.skips.total, skipped_reasons=reader.skips.as_dict())  # fmt: skip
-        results[task.name] = result
+        result, task_rows = score_task(t.task, t.items, texts)
+        result.update(model=model_name, data_file=str(t.path), data_hash=file_hash(*t.task.data_files(t.path)),
+                      skipped_rows=t.reader.skips.total, skipped_reasons=t.reader.skips.as_dict())  # fmt: skip
+        results[t.task.name] = result
         rows.extend(task_rows)
     if output_dir is not None and state.is_main_process:
         write_outputs(Path(output_dir), results, rows)
@@ -218,16 +235,16 @@ def process_state():
 
 def evaluate_checkpoint(checkpoint: str, options: BenchmarkOptions, output_dir: str | Path, *, state=None,
                         print_table: bool = False) -> dict[str, dict]:  # fmt: skip
-    """Load a vlmkit checkpoint (full model or LoRA adapter) with `load_vlm` and run `run_benchmarks`."""
+    """Read the tasks' data, load a vlmkit checkpoint (full model or LoRA adapter) with `load_vlm` and run
+    `run_benchmarks`."""
     from vlmkit.models.build import load_vlm
 
-    for name in options.tasks:
-        build_task(name, field_map=options.field_map if name in ("mcq", "vqa") else None)  # names first
+    loaded = load_tasks(options)  # unknown tasks and bad data fail before the model loads
     state = state or process_state()
     model, processor = load_vlm(checkpoint)
     model.to(state.device)
     results = run_benchmarks(model, processor, options, model_name=str(checkpoint), state=state,
-                             output_dir=output_dir)  # fmt: skip
+                             output_dir=output_dir, loaded=loaded)  # fmt: skip
     if print_table and state.is_main_process:
         print(markdown_table(results), end="")
         print(f"[vlmkit] eval results: {Path(output_dir) / RESULTS_FILE}", flush=True)
