@@ -5,6 +5,7 @@
     vlmkit merge ADAPTER_DIR OUT_DIR           # LoRA adapter -> full vlmkit checkpoint
     vlmkit export CHECKPOINT OUT_DIR           # -> transformers LlavaForConditionalGeneration + processor
     vlmkit eval CHECKPOINT --data_path eval.json [--image_folder DIR]
+    vlmkit eval CHECKPOINT --tasks mmbench,pope --data_dir benchmarks/ [--output_dir DIR]   # see README
     vlmkit pipeline --config recipes/configs/pipeline_digits.yaml   # the whole chain, stage 0 to PPO
 
 CHECKPOINT is any vlmkit output directory: a full model or a LoRA adapter. Each subcommand is a pair of
@@ -98,23 +99,40 @@ def run_export(args: argparse.Namespace) -> int:
 # ---- eval -----------------------------------------------------------------------------------------------
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="A vlmkit checkpoint directory (full model or LoRA adapter).")
-    p.add_argument("--data_path", required=True, help="Held-out conversations whose last turn is the answer.")
+    p.add_argument("--data_path", default=None, help="Held-out conversations whose last turn is the answer.")
     p.add_argument("--image_folder", default=None, help="Root for relative image paths.")
     p.add_argument("--audio_folder", default=None, help="Root for relative audio paths.")
     p.add_argument("--data_format", default="auto", help="auto, llava, sharegpt, messages, hf or prompts.")
     p.add_argument("--max_eval_samples", type=int, default=0, help="Evaluate at most this many (0: all).")
-    p.add_argument("--batch_size", type=int, default=32, help="Prompts generated together.")
-    p.add_argument("--max_new_tokens", type=int, default=8, help="Tokens generated per answer.")
+    p.add_argument("--batch_size", type=int, default=32, help="Prompts generated together (per process).")
+    p.add_argument(
+        "--max_new_tokens", type=int, default=None, help="Tokens per answer (default 8; tasks: own)."
+    )
     p.add_argument("--seed", type=int, default=42, help="Seed for choosing --max_eval_samples samples.")
     p.add_argument(
         "--output_file",
         default=None,
         help="Where to write the metrics JSON (default CHECKPOINT/eval_metrics.json).",
     )
+    from vlmkit.eval.benchmarks.registry import TASKS
+
+    bench = p.add_argument_group("benchmarks (instead of --data_path)")
+    bench.add_argument("--tasks", default=None, help=f"Comma-separated benchmark tasks: {', '.join(TASKS)}.")
+    bench.add_argument("--data_dir", default=None, help="Folder holding each task's files in their layout.")
+    bench.add_argument("--data_files", nargs="*", default=[], help="TASK=PATH overrides of a task's file.")
+    bench.add_argument("--image_folders", nargs="*", default=[], help="TASK=DIR overrides of image folders.")
+    bench.add_argument("--field_map", default=None, help="mcq/vqa columns: question=q,answer=a,image=i,...")
+    bench.add_argument("--max_samples", type=int, default=0, help="At most this many questions per task.")
+    bench.add_argument("--on_bad_sample", default="error", help="error, or skip (counted in the results).")
+    bench.add_argument("--output_dir", default=None, help="Results folder (default CHECKPOINT/eval/).")
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Held-out answer accuracy (exact match); prints and writes eval_accuracy."""
+    """Held-out answer accuracy (--data_path), or benchmarks in their published formats (--tasks)."""
+    if args.tasks:
+        return _run_benchmarks(args)
+    if not args.data_path:
+        raise ValueError("pass --data_path (held-out conversations) or --tasks (benchmarks)")
     from vlmkit.data.embedded import resolve_data_path
     from vlmkit.data.loading import subsample
     from vlmkit.data.readers import read_dataset
@@ -126,13 +144,28 @@ def run_eval(args: argparse.Namespace) -> int:
     samples = subsample(samples, args.max_eval_samples, args.seed)
     model, processor = load_vlm(args.checkpoint)
     accuracy, _ = answer_accuracy(
-        model, processor, samples, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
+        model, processor, samples, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens or 8
     )
     metrics = {"eval_accuracy": accuracy, "eval_samples": len(samples), "data_path": str(args.data_path)}
     out = Path(args.output_file) if args.output_file else Path(args.checkpoint) / "eval_metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2) + "\n")
     print(json.dumps(metrics))
+    return 0
+
+
+def _run_benchmarks(args: argparse.Namespace) -> int:
+    from vlmkit.eval.benchmarks.runner import BenchmarkOptions, evaluate_checkpoint, parse_assignments
+
+    options = BenchmarkOptions(
+        tasks=[t.strip() for t in args.tasks.split(",") if t.strip()], data_dir=args.data_dir,
+        data_files=parse_assignments(args.data_files, "--data_files"),
+        image_folders=parse_assignments(args.image_folders, "--image_folders"), field_map=args.field_map,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens or 0, max_samples=args.max_samples,
+        on_bad_sample=args.on_bad_sample,
+    )  # fmt: skip
+    out = Path(args.output_dir) if args.output_dir else Path(args.checkpoint) / "eval"
+    evaluate_checkpoint(args.checkpoint, options, out, print_table=True)
     return 0
 
 

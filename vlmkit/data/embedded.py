@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 DATA_PREFIX = "vlmkit-data/"
-DATASETS = ("digits", "spoken_digits")
+DATASETS = ("digits", "spoken_digits", "digits_bench")
 
 
 def data_cache_dir() -> Path:
@@ -26,6 +26,10 @@ def build_embedded(name: str) -> Path:
         from vlmkit.data.digits import build_digits_dataset
 
         build_digits_dataset(out)
+    elif name == "digits_bench":  # the held-out digits in MMBench's and POPE's formats
+        from vlmkit.data.digits_bench import build_digits_bench
+
+        build_digits_bench(out, build_embedded("digits"))
     else:
         from vlmkit.data.spoken_digits import build_spoken_digits_dataset
 
@@ -41,6 +45,6 @@ def resolve_data_path(path: str | None) -> str | None:
     root = build_embedded(name)
     resolved = root / rest
     if not resolved.exists():
-        available = sorted(p.name for p in root.glob("*.json"))
+        available = sorted(p.name for p in [*root.glob("*.json"), *root.glob("*.tsv")])
         raise FileNotFoundError(f"{path}: no such file in the embedded '{name}' data; available: {available}")
     return str(resolved)
