@@ -4,7 +4,6 @@ through `vlmkit eval --tasks`, `recipes/eval.py` and `accelerate launch` on 2 pr
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -123,8 +122,7 @@ def test_trained_stage2_scores_far_above_chance_on_the_digits_benchmark(recipe, 
 
 @pytest.mark.slow
 def test_two_processes_shard_and_gather_the_same_predictions(tiny_checkpoints, tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "distributed"))
-    from launching import run_recipe
+    from tests.helpers.launching import run_recipe
 
     args = ["--config", "recipes/configs/digits_eval.yaml", "--model_name_or_path", str(tiny_checkpoints / "full"),
             "--max_samples", "5"]  # fmt: skip
