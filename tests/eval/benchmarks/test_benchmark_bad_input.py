@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from published_files import write_mmbench, write_pope, write_vqav2
 
+from tests.helpers.benchmark_files import write_mmbench, write_pope, write_vqav2
 from vlmkit.cli import main
 from vlmkit.data.records import BadSampleError
 from vlmkit.eval.benchmarks.base import RowReader

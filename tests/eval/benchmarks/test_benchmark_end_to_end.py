@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from published_files import FIELD_MAP, write_all, write_pope
 
+from tests.helpers.benchmark_files import FIELD_MAP, write_all, write_pope
 from vlmkit.cli import main
 from vlmkit.config.args import LoraArgs, ModelArgs
 from vlmkit.data.records import Sample, Turn
@@ -17,7 +17,7 @@ from vlmkit.eval.answers import generate_answers
 from vlmkit.eval.benchmarks.runner import PREDICTIONS_FILE, RESULTS_FILE, TABLE_FILE
 from vlmkit.models.build import build_vlm, load_vlm
 
-# Prompts per task in the files of published_files.py (MMBench: 4 + 3 rotations; POPE: 5 + 2 + 2).
+# Prompts per task in the files of tests/helpers/benchmark_files.py (MMBench: 4 + 3 rotations; POPE: 5 + 2 + 2).
 PROMPTS = {"mmbench": 7, "scienceqa_img": 2, "pope": 9, "vqav2": 2, "textvqa": 1, "vizwiz": 1, "mmmu": 2,
            "chartqa": 3, "mcq": 2, "vqa": 2}  # fmt: skip
 MEAN_OF_SCORES = {"scienceqa_img": "accuracy", "vqav2": "accuracy", "textvqa": "accuracy", "vizwiz": "accuracy",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from published_files import (
+
+from tests.helpers.benchmark_files import (
     FIELD_MAP,
     write_chartqa,
     write_custom,
@@ -15,7 +16,6 @@ from published_files import (
     write_vizwiz,
     write_vqav2,
 )
-
 from vlmkit.eval.benchmarks.base import RowReader
 from vlmkit.eval.benchmarks.registry import build_task
 from vlmkit.eval.benchmarks.runner import BenchmarkOptions, locate, score_task
