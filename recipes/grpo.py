@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = trainer.train()
     trainer.save(out)
 
-    metrics = {"global_step": result.global_step, "bad_steps": result.bad_steps}
+    metrics = {"global_step": result.global_step, "bad_steps": result.bad_steps,
+               "train_samples": result.global_step * cfg.rollout_batch_size * accelerator.num_processes}  # fmt: skip
     metrics.update(parameter_layout(accelerator, trainer.model))
     if result.history:
         metrics["train_reward"] = result.history[-1]["reward_mean"]

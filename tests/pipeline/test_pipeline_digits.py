@@ -58,7 +58,8 @@ def test_every_stage_learns(pipeline_run):
     assert _metrics(root, "audio_stage2")["eval_accuracy"] >= 0.30  # chance is 0.10
     examples = json.loads((root / "ppo" / "eval_examples.json").read_text())
     assert examples and all({"answer_before", "prediction", "media"} <= set(ex) for ex in examples)
-    assert "before PPO" in (root / "report.html").read_text()
+    report = (root / "report.html").read_text()
+    assert "<th>before</th><th>after</th>" in report and "RL side by side" in report
     # One summary line per stage, then the report.
     for stage in (
         "clip",

@@ -72,6 +72,25 @@ def _headline(facts: dict) -> str:
     return f"{_fmt(facts['before'])} → {value}" if facts.get("before") is not None else value
 
 
+RL_RECIPES = ("ppo", "grpo")
+RL_COLUMNS = ("stage", "method", "eval_accuracy", "eval_kl", "samples used", "wall time (s)")
+
+
+def rl_comparison(spec: PipelineSpec, facts: dict[str, dict]) -> list[list[str]]:
+    """Rows comparing the RL stages (PPO, GRPO) side by side: accuracy before -> after, KL to the reference,
+    completions sampled for training and wall time."""
+    rows = []
+    for stage in spec.stages:
+        f = facts.get(stage.name)
+        if not f or stage.recipe not in RL_RECIPES:
+            continue
+        m = f["metrics"]
+        accuracy = f"{_fmt(m.get('eval_accuracy_before'))} → {_fmt(m.get('eval_accuracy'))}"
+        rows.append([stage.name, stage.recipe.upper(), accuracy, _fmt(m.get("eval_kl")),
+                     _whole(m.get("train_samples")), _whole(f["wall"])])  # fmt: skip
+    return rows
+
+
 def render_markdown(spec: PipelineSpec, root: Path, facts: dict[str, dict]) -> str:
     lines = ["# vlmkit pipeline report", "", f"Pipeline: `{spec.source}` · output: `{root}`", ""]
     lines += [
@@ -91,6 +110,16 @@ def render_markdown(spec: PipelineSpec, root: Path, facts: dict[str, dict]) -> s
                 _whole(f["peak_mb"]),
             ]
             lines.append("| " + " | ".join(row) + " |")
+    rl_rows = rl_comparison(spec, facts)
+    if len(rl_rows) > 1:
+        lines += [
+            "",
+            "## RL side by side",
+            "",
+            "| " + " | ".join(RL_COLUMNS) + " |",
+            "|---" * len(RL_COLUMNS) + "|",
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in rl_rows]
     for stage in spec.stages:
         f = facts.get(stage.name)
         if not f:
@@ -101,7 +130,7 @@ def render_markdown(spec: PipelineSpec, root: Path, facts: dict[str, dict]) -> s
             lines += ["", f"![{stage.name} loss]({stage.name}/{PLOT_FILE})"]
         if f["examples"]:
             before = any("answer_before" in ex for ex in f["examples"])
-            head = "before PPO | after PPO" if before else "answer"
+            head = "before | after" if before else "answer"
             lines += [
                 "",
                 f"| question | {head} | reference | correct |",
@@ -153,6 +182,11 @@ def render_html(spec: PipelineSpec, root: Path, facts: dict[str, dict]) -> str:
             f"<td{cls}>{e(_headline(f))}</td><td>{_fmt(stage.chance)}</td><td>{_whole(f['wall'])}</td><td>{_whole(f['peak_mb'])}</td></tr>"
         )
     parts.append("</table>")
+    rl_rows = rl_comparison(spec, facts)
+    if len(rl_rows) > 1:
+        head = "".join(f"<th>{e(c)}</th>" for c in RL_COLUMNS)
+        body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rl_rows)
+        parts.append(f"<h2>RL side by side</h2><table id='rl'><tr>{head}</tr>{body}</table>")
     for stage in spec.stages:
         f = facts.get(stage.name)
         if not f:
@@ -165,8 +199,8 @@ def render_html(spec: PipelineSpec, root: Path, facts: dict[str, dict]) -> str:
         if f["plot"]:
             parts.append(f"<img class='plot' alt='{e(stage.name)} loss curve' src='{_b64_png(f['plot'])}'>")
         if f["examples"]:
-            before = any("answer_before" in ex for ex in f["examples"])  # PPO: the answer it started from
-            head = "<th>before PPO</th><th>after PPO</th>" if before else "<th>answer</th>"
+            before = any("answer_before" in ex for ex in f["examples"])  # RL: the answer it started from
+            head = "<th>before</th><th>after</th>" if before else "<th>answer</th>"
             parts.append(
                 f"<table class='examples'><tr><th>input</th><th>question</th>{head}<th>reference</th></tr>"
             )
