@@ -31,6 +31,9 @@ def _samples(tmp_path) -> list[Sample]:
         path = tmp_path / "gone.png" if i in (2, 5) else image  # records 2 and 5: missing images
         turns = [Turn("user", "<image>\nwhich?"), Turn("assistant", str(i))]
         out.append(Sample(turns, images=[str(path)], index=i, source="train.json"))
+    # record 8: two placeholders, one image; skipped (and counted) before any worker starts
+    turns = [Turn("user", "<image><image>\nwhich?"), Turn("assistant", "8")]
+    out.append(Sample(turns, images=[str(image)], index=8, source="train.json"))
     return out
 
 
@@ -60,19 +63,23 @@ def test_media_skips_in_worker_processes_reach_the_counter_once(processor, tmp_p
     accelerator = make_accelerator(output_dir=cfg.output_dir, gradient_accumulation_steps=1)
     result = train(cfg, accelerator, torch.nn.Linear(1, 1), dataset, collate, _token_loss)
     assert result.global_step == steps
-    assert skips.total == 2 and list(skips.as_dict()) == ["image not found"], skips.as_dict()
+    assert skips.total == 3 and skips.as_dict()["image not found"] == 2, skips.as_dict()
 
 
-def test_absorb_counts_each_keyed_skip_once():
+def test_absorb_counts_each_keyed_skip_once(monkeypatch):
+    from vlmkit.data import records
     from vlmkit.data.records import BadSampleError
 
+    main = SkipCounter()
+    main.add(BadSampleError("train.json", 1, "conversations", "placeholders: 2 <image> but 1 image"))
+    assert main.take_new() == []  # counted in the main process: nothing to report
     worker = SkipCounter()
     err = BadSampleError("train.json", 3, "images", "image not found: x.png")
+    monkeypatch.setattr(records, "_in_dataloader_worker", lambda: True)
     worker.add(err, key=("media", "train.json", 3))
     worker.add(err, key=("media", "train.json", 3))  # the same record in the same worker: once
     new = worker.take_new()
     assert new == [(("media", "train.json", 3), "image not found")] and worker.take_new() == []
-    main = SkipCounter()
     main.absorb(new)
     main.absorb(new)  # another epoch's worker met it again
-    assert main.as_dict() == {"image not found": 1}
+    assert main.as_dict()["image not found"] == 1 and main.total == 2

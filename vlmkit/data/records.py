@@ -79,8 +79,8 @@ class SkipCounter:
         """Count `err` under its reason; with a `key` (e.g. the record whose media failed) only once,
         however many epochs meet it."""
         reason = err.reason.split(":")[0]
-        if self._count(key, reason):
-            self._new.append((key, reason))
+        if self._count(key, reason) and _in_dataloader_worker():
+            self._new.append((key, reason))  # for the main process's counter: see SkipReportingCollate
 
     def _count(self, key: Hashable | None, reason: str) -> bool:
         if key is not None:
@@ -91,7 +91,7 @@ class SkipCounter:
         return True
 
     def take_new(self) -> list[tuple]:
-        """(key, reason) of the skips added since the last call."""
+        """(key, reason) of the skips added in this DataLoader worker process since the last call."""
         new, self._new = self._new, []
         return new
 
@@ -108,21 +108,26 @@ class SkipCounter:
         return dict(self.reasons)
 
 
+def _in_dataloader_worker() -> bool:
+    from torch.utils.data import get_worker_info
+
+    return get_worker_info() is not None
+
+
 class SkipReportingCollate:
     """A collate function that adds the skips counted while its items were read in a DataLoader worker
     to the batch as `batch["skipped"]` (a list of (key, reason)), for the main process to `absorb`.
 
-    In the main process (no workers) the counter is already the main one and nothing is added.
+    In the main process (no workers) the counter is already the main one and nothing is added; skips
+    counted before the DataLoader started (e.g. at reading time) are never reported again by workers.
     """
 
     def __init__(self, collate_fn: Callable, skips: SkipCounter):
         self.collate_fn, self.skips = collate_fn, skips
 
     def __call__(self, items: list) -> dict:
-        from torch.utils.data import get_worker_info
-
         batch = self.collate_fn(items)
         new = self.skips.take_new()
-        if new and get_worker_info() is not None:
+        if new:
             batch["skipped"] = new
         return batch

@@ -212,6 +212,7 @@ class Checkpointer:
         self.stateful, self.geometry = stateful, geometry
         self.output_dir = Path(cfg.output_dir)
         self.resume_dir: Path | None = None
+        self._start = 0
 
     @property
     def resumed_step(self) -> int | None:

@@ -70,11 +70,11 @@ def loss_scale(accelerator) -> float | None:
 def weights_are_finite(accelerator, model: torch.nn.Module) -> bool:
     """True when every parameter is finite on every process (collective: call it on all ranks).
 
-    Under ZeRO-3 each rank checks its own partition (`ds_tensor`)."""
+    Under ZeRO-3 (`ds_tensor`) and FSDP2 (DTensor `to_local()`) each rank checks its own shard."""
     bad = 0
     with torch.no_grad():
         for p in model.parameters():
-            local = getattr(p, "ds_tensor", p)
+            local = p.to_local() if hasattr(p, "to_local") else getattr(p, "ds_tensor", p)
             if local.numel() and not bool(torch.isfinite(local).all()):
                 bad += 1
     total = accelerator.reduce(torch.tensor(float(bad), device=accelerator.device), "sum")
