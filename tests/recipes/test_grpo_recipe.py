@@ -1,0 +1,47 @@
+"""recipes/grpo.py on the embedded digits: GRPO with the verifiable digit reward raises the held-out answer
+accuracy of a weak stage-2 policy, reports its KL to the starting policy, and logs what GRPO users look at."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # trains a recipe (about a minute)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
+LOG_KEYS = (
+    "reward_mean", "reward_std", "reward_digit_match", "bad_reward_digit_match", "zero_std_groups",
+    "zero_std_group_fraction", "kl", "clip_fraction", "clip_low_fraction", "entropy", "loss",
+    "response_length", "rollout_seconds", "update_seconds",
+)  # fmt: skip
+MIN_GAIN = 0.14  # held-out accuracy points over the starting policy; measured +0.169 (0.425 -> 0.594)
+
+
+@pytest.fixture(scope="module")
+def grpo_run(recipe, weak_image_policy, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("grpo")
+    metrics = recipe("grpo").main(
+        ["--config", str(CONFIGS / "digits_grpo.yaml"), "--model_name_or_path", str(weak_image_policy),
+         "--output_dir", str(out), "--report_to", "none"]
+    )  # fmt: skip
+    return out, metrics
+
+
+def test_grpo_raises_held_out_accuracy_of_a_weak_policy(grpo_run):
+    out, metrics = grpo_run
+    assert metrics["eval_accuracy_before"] < 0.65, metrics  # the starting policy really is weak
+    assert metrics["eval_accuracy"] >= metrics["eval_accuracy_before"] + MIN_GAIN, metrics
+    assert metrics["eval_reward"] > metrics["eval_reward_before"], metrics
+    assert 0.0 < metrics["eval_kl"] < 2.0, metrics  # reported, and the k3 penalty kept it near the start
+    assert metrics["train_samples"] == 20 * 256 and metrics["bad_steps"] == 0
+
+
+def test_grpo_writes_the_run_contract_and_its_logs(grpo_run):
+    out, _ = grpo_run
+    for name in ("config.yaml", "metrics.json", "train_log.jsonl", "loss.png", "README.md"):
+        assert (out / name).is_file(), name
+    assert not (out / "value_model").exists()  # critic-free
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 21))
+    assert all(set(LOG_KEYS) <= set(r) for r in log), set(LOG_KEYS) - set(log[0])
+    assert any(r["zero_std_groups"] > 0 for r in log)  # groups the policy always gets right/wrong are counted
