@@ -38,6 +38,7 @@ from vlmkit.ssl.clip_model import (
     lock_text_tower,
 )
 from vlmkit.ssl.image_data import ClipCollator, ImageRecordDataset, read_image_records
+from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.loop import train
 from vlmkit.training.run import Run
 
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     run.save(result.model, tokenizer, image_processor)
 
     metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
+    metrics.update(parameter_layout(run.accelerator, result.model))  # world size, parameters per rank
     if cfg.eval_data_path:
         scores = run.evaluate(
             lambda trained: evaluate(cfg, trained.clip, tokenizer, image_processor, skips), result.model,

@@ -27,6 +27,7 @@ from vlmkit.eval.answers import answer_accuracy
 from vlmkit.hub.lifecycle import HUB, vlm_card
 from vlmkit.models.build import load_vlm
 from vlmkit.rlhf.dpo import DPOLoss, build_dpo_policy, evaluate_dpo
+from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.loop import train
 from vlmkit.training.run import Run
 
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         return scores
 
     metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
+    metrics.update(parameter_layout(run.accelerator, result.model))  # world size, parameters per rank
     if cfg.eval_data_path or prompts:
         metrics.update(run.evaluate(evaluate, result.model, load=lambda path: load_vlm(path)[0]))
     card = vlm_card(cfg, run.unwrap(result.model), stage="DPO (preference optimisation)")

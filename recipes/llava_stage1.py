@@ -20,6 +20,7 @@ from vlmkit.data.records import SkipCounter
 from vlmkit.eval.loss import eval_token_loss
 from vlmkit.hub.lifecycle import HUB, vlm_card
 from vlmkit.models.build import build_vlm, load_vlm
+from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.freeze import set_trainable
 from vlmkit.training.loop import train
 from vlmkit.training.losses import sft_loss
@@ -44,11 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
         eval_set = sft_dataset(cfg, cfg.eval_data_path, processor, skips)
         return {"eval_loss": eval_token_loss(trained, eval_set, collate, cfg.per_device_eval_batch_size)}
 
-    metrics = {
-        "train_loss": result.history[-1]["loss"],
-        "global_step": result.global_step,
-        "world_size": run.accelerator.num_processes,
-    }
+    metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
+    metrics.update(parameter_layout(run.accelerator, result.model))  # world size, parameters per rank
     if cfg.eval_data_path:
         metrics.update(run.evaluate(evaluate, result.model, load=lambda path: load_vlm(path)[0]))
     card = vlm_card(cfg, run.unwrap(result.model), stage="stage 1 (align)")

@@ -34,6 +34,7 @@ from vlmkit.ssl.mae_model import (
     probe_accuracy,
     random_init_encoder,
 )
+from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.loop import train
 from vlmkit.training.run import Run
 
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_loss_first": history[0]["loss"],
         "global_step": result.global_step,
     }
+    metrics.update(parameter_layout(run.accelerator, result.model))  # world size, parameters per rank
     if cfg.eval_data_path:  # the probe reads the saved encoder, as stage 1 loads it
         metrics.update(run.evaluate(lambda: evaluate(cfg, run.out, train_set, image_processor, skips)))
     return run.finish(metrics, card=encoder_card(cfg, CARD), skips=skips)

@@ -39,6 +39,7 @@ from vlmkit.ssl.wav2vec2_pretraining import (
     random_init_like,
     save_pretrained_encoder,
 )
+from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.loop import train
 from vlmkit.training.run import Run
 
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_contrastive_loss_end": mean(losses[-window:]),
         "global_step": result.global_step,
     }
+    metrics.update(parameter_layout(run.accelerator, result.model))  # world size, parameters per rank
     if cfg.eval_data_path:
         metrics.update(run.evaluate(evaluate, result.model, load=Wav2Vec2ForPreTraining.from_pretrained))
     return run.finish(metrics, card=encoder_card(cfg, CARD), skips=skips)
