@@ -25,7 +25,16 @@ ZERO3 = "deepspeed_zero3.yaml"
 SHORT = ["--max_steps", "2", "--logging_steps", "1", "--report_to", "none"]
 
 
-def test_zero3_stage1(digits_data, tmp_path: Path):
+@pytest.fixture
+def tiny_parts() -> None:
+    """Build the tiny tower and LLM here first: two ranks building them into an empty cache at once would race."""
+    from vlmkit.models.tiny import resolve_model_path
+
+    for name in ("vlmkit-tiny/clip-vision", "vlmkit-tiny/llama"):
+        resolve_model_path(name)
+
+
+def test_zero3_stage1(digits_data, tiny_parts, tmp_path: Path):
     out = tmp_path / "stage1"
     log = run_recipe(
         "llava_stage1", "--config", str(CONFIGS / "digits_llava_stage1.yaml"), "--output_dir", str(out),
