@@ -3,13 +3,16 @@
     run = Run(cfg, "llava_stage1", hub=HUB)             # Hub pre-flight, Accelerator, output_dir, config.yaml
     result = train(cfg, run.accelerator, model, ...)
     run.save(result.model, processor)                   # collective: consolidates ZeRO-3 / FSDP shards
-    metrics.update(run.evaluate(evaluate, result.model, load=load_vlm_model))   # main process only
+    metrics.update(run.evaluate(evaluate, result.model, load=load))   # evaluate(trained) on the main process
     return run.finish(metrics, card=...)                # metrics.json, loss.png, card, push, barrier, teardown
 
 Layering: this module sits in `training` and imports nothing above it. The Hub steps (access check, push) and
 the model card are Hub concerns, so the recipe hands them in: `hub` (an object with `check(cfg)` and
 `push(cfg, out_dir)`, `vlmkit.hub.lifecycle.HUB`) and `card` (a callable writing README.md). Both are
-required arguments, so no recipe can skip them, and `training` never imports `hub`.
+required arguments, so no recipe can skip them, and `training` never imports `hub`. Why not a Run in a layer
+above `training` that imports `hub` itself: the Run belongs beside the loop and the accelerator it drives, and
+the only Hub-specific parts are two calls and a card that differs per recipe anyway; a new top layer would add
+a package for one class.
 """
 
 from __future__ import annotations
