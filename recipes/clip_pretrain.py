@@ -20,14 +20,14 @@ import json
 from pathlib import Path
 
 import torch
+from transformers import CLIPModel
 
 from vlmkit.config.parser import parse_config
 from vlmkit.config.ssl_image import ClipConfig
 from vlmkit.data.embedded import resolve_data_path
 from vlmkit.data.loading import subsample
 from vlmkit.data.records import SkipCounter
-from vlmkit.hub.lifecycle import data_summary, maybe_push
-from vlmkit.hub.model_card import write_model_card
+from vlmkit.hub.lifecycle import HUB, EncoderCard, encoder_card
 from vlmkit.ssl.clip_model import (
     ClipDualEncoder,
     build_caption_tokenizer,
@@ -38,20 +38,26 @@ from vlmkit.ssl.clip_model import (
     lock_text_tower,
 )
 from vlmkit.ssl.image_data import ClipCollator, ImageRecordDataset, read_image_records
+from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.loop import train
-from vlmkit.training.run import end_run, finish_run, save_model, start_run
+from vlmkit.training.run import Run
 
-USAGE = """from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+CARD = EncoderCard(
+    title="stage 0 CLIP", stage="stage 0 (CLIP)", new_model="new CLIP (ViT + text transformer)",
+    base_language_model="none (text tower of the dual encoder)", connector="none (projection heads)",
+    tags=("vlmkit", "clip", "vision"), pipeline_tag="zero-shot-image-classification",
+    usage="""from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
 model = CLIPModel.from_pretrained("{path}")
 tokenizer = AutoTokenizer.from_pretrained("{path}")
 image_processor = AutoImageProcessor.from_pretrained("{path}", backend="pil")
-# as a stage-1 vision tower: python recipes/llava_stage1.py ... --vision_tower {path}"""
+# as a stage-1 vision tower: python recipes/llava_stage1.py ... --vision_tower {path}""",
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(ClipConfig, argv, prog="clip_pretrain", description=__doc__)
-    accelerator, out, started = start_run(cfg)
+    run = Run(cfg, "clip_pretrain", hub=HUB)
 
     skips = SkipCounter()
     read = dict(image_folder=cfg.image_folder, allow_outside_root=cfg.allow_outside_media_root, skips=skips)
@@ -80,28 +86,20 @@ def main(argv: list[str] | None = None) -> dict:
         cache_images=cfg.cache_images,
     )
     collate = ClipCollator(tokenizer, cfg.max_text_length)
-    result = train(cfg, accelerator, model, train_set, collate, clip_compute_loss, count_items=lambda b: 1)
+    result = train(
+        cfg, run.accelerator, model, train_set, collate, clip_compute_loss, count_items=lambda b: 1
+    )
+    run.save(result.model, tokenizer, image_processor)
 
-    save_model(accelerator, result.model, tokenizer, out)
     metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
-    if accelerator.is_main_process:
-        image_processor.save_pretrained(out)
-        clip = accelerator.unwrap_model(result.model).clip
-        if cfg.eval_data_path:
-            metrics.update(evaluate(cfg, clip, tokenizer, image_processor, skips))
-        metrics = finish_run(out, metrics, started=started, title="clip_pretrain", skips=skips)
-        write_model_card(
-            out, title=f"{cfg.hub_model_id or out.name} (stage 0 CLIP)",
-            base_encoder=cfg.model_name_or_path or "new CLIP (ViT + text transformer)",
-            base_language_model="none (text tower of the dual encoder)", connector="none (projection heads)",
-            stage="stage 0 (CLIP)", parent_checkpoint=cfg.model_name_or_path, data=data_summary(cfg),
-            metrics=metrics, lineage=[{"stage": "stage 0 (CLIP)", "output_dir": str(out.resolve())}],
-            usage=USAGE.format(path=cfg.hub_model_id or out), tags=("vlmkit", "clip", "vision"),
-            pipeline_tag="zero-shot-image-classification",
+    metrics.update(parameter_layout(run.accelerator, result.model))  # world size, parameters per rank
+    if cfg.eval_data_path:
+        scores = run.evaluate(
+            lambda trained: evaluate(cfg, trained.clip, tokenizer, image_processor, skips), result.model,
+            load=lambda path: ClipDualEncoder(CLIPModel.from_pretrained(path)),
         )  # fmt: skip
-        maybe_push(cfg, out)
-    end_run(accelerator)
-    return metrics
+        metrics.update(scores)
+    return run.finish(metrics, card=encoder_card(cfg, CARD), skips=skips)
 
 
 def evaluate(cfg: ClipConfig, clip, tokenizer, image_processor, skips: SkipCounter) -> dict:

@@ -8,8 +8,8 @@
         --model_name_or_path out/stage2 --use_lora true --data_path prefs.jsonl \
         --eval_data_path prefs_eval.jsonl --image_folder images/ --output_dir out/dpo
 
-The reference is the starting policy: with --use_lora the same weights with the adapters switched off,
-otherwise a frozen copy. Writes the policy (model or adapter), config.yaml, metrics.json (eval_accuracy and
+The reference is the starting policy: with --use_lora the same weights with the adapters switched off
+(the way to run under ZeRO-3), otherwise a frozen copy. Writes the policy (model or adapter), config.yaml, metrics.json (eval_accuracy and
 eval_accuracy_before on --eval_prompts_path; eval_loss, eval_reward_accuracy, eval_reward_margin on
 --eval_data_path), train_log.jsonl, loss.png and README.md into --output_dir.
 """
@@ -24,15 +24,17 @@ from vlmkit.data.loading import read_samples, subsample
 from vlmkit.data.preference import PreferenceCollator, count_pairs, preference_dataset
 from vlmkit.data.records import SkipCounter
 from vlmkit.eval.answers import answer_accuracy
-from vlmkit.hub.lifecycle import maybe_push, write_vlm_card
+from vlmkit.hub.lifecycle import HUB, vlm_card
+from vlmkit.models.build import load_vlm
 from vlmkit.rlhf.dpo import DPOLoss, build_dpo_policy, evaluate_dpo
+from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.loop import train
-from vlmkit.training.run import end_run, finish_run, save_model, start_run
+from vlmkit.training.run import Run
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(DPOConfig, argv, prog="dpo", description=__doc__)
-    accelerator, out, started = start_run(cfg)
+    run = Run(cfg, "dpo", hub=HUB)
 
     model, processor, reference = build_dpo_policy(cfg)
     skips = SkipCounter()
@@ -41,43 +43,43 @@ def main(argv: list[str] | None = None) -> dict:
         prompts = read_samples(cfg, cfg.eval_prompts_path, skips, format="auto")
         prompts = subsample(prompts, cfg.max_eval_samples, cfg.seed)
 
+    train_set = preference_dataset(cfg, cfg.data_path, processor, skips)
+    collate = PreferenceCollator(processor.tokenizer.pad_token_id)
+    loss_fn = DPOLoss(reference, cfg.beta, cfg.label_smoothing, rpo_alpha=cfg.rpo_alpha)
+    result = train(cfg, run.accelerator, model, train_set, collate, loss_fn, count_items=count_pairs)
+    run.save(result.model, processor)
+
     def accuracy(policy) -> tuple[float, list[dict]]:
         return answer_accuracy(
             policy, processor, prompts,
             batch_size=cfg.per_device_eval_batch_size, max_new_tokens=cfg.max_new_tokens,
         )  # fmt: skip
 
-    metrics = {}
-    if prompts and accelerator.is_main_process:
-        metrics["eval_accuracy_before"] = accuracy(model.to(accelerator.device))[0]
-
-    train_set = preference_dataset(cfg, cfg.data_path, processor, skips)
-    collate = PreferenceCollator(processor.tokenizer.pad_token_id)
-    loss_fn = DPOLoss(reference, cfg.beta, cfg.label_smoothing, rpo_alpha=cfg.rpo_alpha)
-    result = train(cfg, accelerator, model, train_set, collate, loss_fn, count_items=count_pairs)
-    model = result.model
-
-    save_model(accelerator, model, processor, out)
-    metrics.update(train_loss=result.history[-1]["loss"], global_step=result.global_step)
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
+    def evaluate(trained) -> dict:
+        scores = {}
         if cfg.eval_data_path:
             eval_set = preference_dataset(
                 cfg, cfg.eval_data_path, processor, skips, limit=cfg.max_eval_samples
             )
-            scores = evaluate_dpo(
-                unwrapped, reference, eval_set, collate, beta=cfg.beta,
+            pairs = evaluate_dpo(
+                trained, reference, eval_set, collate, beta=cfg.beta,
                 label_smoothing=cfg.label_smoothing, batch_size=cfg.per_device_eval_batch_size,
             )  # fmt: skip
-            metrics.update({f"eval_{k}": v for k, v in scores.items()})
+            scores.update({f"eval_{k}": v for k, v in pairs.items()})
         if prompts:
-            metrics["eval_accuracy"], examples = accuracy(unwrapped)
-            (out / "eval_examples.json").write_text(json.dumps(examples[:50], indent=2))
-        metrics = finish_run(out, metrics, started=started, title="dpo", skips=skips)
-        write_vlm_card(out, cfg, unwrapped, metrics, stage="DPO (preference optimisation)")
-        maybe_push(cfg, out)
-    end_run(accelerator)
-    return metrics
+            # the starting policy: the trained one with its adapters off, or the frozen copy
+            with reference.as_model(trained) as start:
+                scores["eval_accuracy_before"] = accuracy(start)[0]
+            scores["eval_accuracy"], examples = accuracy(trained)
+            (run.out / "eval_examples.json").write_text(json.dumps(examples[:50], indent=2))
+        return scores
+
+    metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
+    metrics.update(parameter_layout(run.accelerator, result.model))  # world size, parameters per rank
+    if cfg.eval_data_path or prompts:
+        metrics.update(run.evaluate(evaluate, result.model, load=lambda path: load_vlm(path)[0]))
+    card = vlm_card(cfg, run.unwrap(result.model), stage="DPO (preference optimisation)")
+    return run.finish(metrics, card=card, skips=skips)
 
 
 if __name__ == "__main__":

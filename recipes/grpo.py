@@ -24,20 +24,24 @@ from vlmkit.config.grpo import GRPOConfig
 from vlmkit.config.parser import parse_config
 from vlmkit.data.loading import read_samples, subsample
 from vlmkit.data.records import SkipCounter
-from vlmkit.hub.lifecycle import maybe_push, write_vlm_card
+from vlmkit.eval.answers import write_examples_before_after
+from vlmkit.hub.lifecycle import HUB, vlm_card
 from vlmkit.models.build import build_vlm
 from vlmkit.rlhf.grpo_trainer import GRPOTrainer
 from vlmkit.rlhf.rewards import build_reward
 from vlmkit.rlhf.value_model import ActorCritic, frozen_reference, prepare_frozen
 from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.freeze import set_trainable
-from vlmkit.training.reporting import LOG_FILE, PLOT_FILE, plot_loss
-from vlmkit.training.run import end_run, finish_run, start_run
+from vlmkit.training.run import Run
+
+EXAMPLES_FILE = "eval_examples.json"
+NUM_EXAMPLES = 12  # held-out prompts whose answers before and after GRPO are saved (and shown in reports)
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(GRPOConfig, argv, prog="grpo", description=__doc__)
-    accelerator, out, started = start_run(cfg)
+    run = Run(cfg, "grpo", hub=HUB)
+    accelerator = run.accelerator
 
     # The policy (full or LoRA) and, when the loss has a KL term, the frozen reference it started from.
     policy, processor = build_vlm(cfg, cfg)
@@ -57,25 +61,28 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     before = trainer.evaluate(eval_prompts) if eval_prompts else {}  # the starting policy
+    shown = eval_prompts[:NUM_EXAMPLES]
+    answers_before = trainer.greedy_answers(shown)
     result = trainer.train()
-    trainer.save(out)
+    trainer.save(run.out)  # collective (GRPO evaluates on every process)
 
-    metrics = {"global_step": result.global_step, "bad_steps": result.bad_steps,
-               "train_samples": result.global_step * cfg.rollout_batch_size * accelerator.num_processes}  # fmt: skip
-    metrics.update(parameter_layout(accelerator, trainer.model))
+    metrics = {
+        "global_step": result.global_step,
+        "bad_steps": result.bad_steps,
+        **parameter_layout(accelerator, trainer.model),
+    }
+    metrics["train_samples"] = result.global_step * cfg.rollout_batch_size * accelerator.num_processes
     if result.history:
         metrics["train_reward"] = result.history[-1]["reward_mean"]
     if eval_prompts:
         after = trainer.evaluate(eval_prompts)
         metrics.update({f"eval_{k}": v for k, v in after.items()})
         metrics.update({f"eval_{k}_before": before[k] for k in ("accuracy", "reward")})
-    if accelerator.is_main_process:
-        metrics = finish_run(out, metrics, started=started, title="grpo", skips=skips)
-        plot_loss(out / LOG_FILE, out / PLOT_FILE, title="grpo", keys=("reward_mean", "kl", "loss"))
-        write_vlm_card(out, cfg, trainer.bare.policy, metrics, stage="stage 4 (GRPO)")
-        maybe_push(cfg, out)
-    end_run(accelerator)
-    return metrics
+    answers_after = trainer.greedy_answers(shown)
+    if run.is_main_process:
+        write_examples_before_after(run.out / EXAMPLES_FILE, shown, answers_before, answers_after)
+    card = vlm_card(cfg, trainer.bare.policy, stage="stage 4 (GRPO)")
+    return run.finish(metrics, card=card, skips=skips, plot_keys=("reward_mean", "kl", "loss"))
 
 
 if __name__ == "__main__":

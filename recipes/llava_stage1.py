@@ -17,47 +17,40 @@ from vlmkit.config.recipes import Stage1Config
 from vlmkit.data.loading import sft_dataset
 from vlmkit.data.records import SkipCounter
 from vlmkit.eval.loss import eval_token_loss
-from vlmkit.hub.lifecycle import maybe_push, write_vlm_card
-from vlmkit.models.build import build_vlm
+from vlmkit.hub.lifecycle import HUB, vlm_card
+from vlmkit.models.build import build_vlm, load_vlm
+from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.freeze import set_trainable
 from vlmkit.training.loop import train
 from vlmkit.training.losses import sft_loss
-from vlmkit.training.run import end_run, finish_run, save_model, start_run
+from vlmkit.training.run import Run
 from vlmkit.training.train_data import build_train_data
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(Stage1Config, argv, prog="llava_stage1", description=__doc__)
-    accelerator, out, started = start_run(cfg)
+    run = Run(cfg, "llava_stage1", hub=HUB)
 
     model, processor = build_vlm(cfg)
     set_trainable(model, "align")
 
     skips = SkipCounter()
     train_set, collate, sampler = build_train_data(
-        cfg, processor, skips, model=model, accelerator=accelerator
+        cfg, processor, skips, model=model, accelerator=run.accelerator
     )
-    result = train(cfg, accelerator, model, train_set, collate, sft_loss, sampler=sampler)
-    model = result.model
+    result = train(cfg, run.accelerator, model, train_set, collate, sft_loss, sampler=sampler)
+    run.save(result.model, processor)
 
-    save_model(accelerator, model, processor, out)
-    metrics = {
-        "train_loss": result.history[-1]["loss"],
-        "global_step": result.global_step,
-        "world_size": accelerator.num_processes,
-    }
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if cfg.eval_data_path:
-            eval_set = sft_dataset(cfg, cfg.eval_data_path, processor, skips)
-            metrics["eval_loss"] = eval_token_loss(
-                unwrapped, eval_set, collate, cfg.per_device_eval_batch_size
-            )
-        metrics = finish_run(out, metrics, started=started, title="llava_stage1", skips=skips)
-        write_vlm_card(out, cfg, unwrapped, metrics, stage="stage 1 (align)")
-        maybe_push(cfg, out)
-    end_run(accelerator)
-    return metrics
+    def evaluate(trained) -> dict:
+        eval_set = sft_dataset(cfg, cfg.eval_data_path, processor, skips)
+        return {"eval_loss": eval_token_loss(trained, eval_set, collate, cfg.per_device_eval_batch_size)}
+
+    metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
+    metrics.update(parameter_layout(run.accelerator, result.model))  # world size, parameters per rank
+    if cfg.eval_data_path:
+        metrics.update(run.evaluate(evaluate, result.model, load=lambda path: load_vlm(path)[0]))
+    card = vlm_card(cfg, run.unwrap(result.model), stage="stage 1 (align)")
+    return run.finish(metrics, card=card, skips=skips)
 
 
 if __name__ == "__main__":

@@ -22,19 +22,19 @@ from vlmkit.data.loading import read_samples, sft_dataset, subsample
 from vlmkit.data.records import SkipCounter
 from vlmkit.eval.answers import answer_accuracy
 from vlmkit.eval.loss import eval_token_loss
-from vlmkit.hub.lifecycle import maybe_push, write_vlm_card
+from vlmkit.hub.lifecycle import HUB, vlm_card
 from vlmkit.models.build import build_vlm, load_vlm
 from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.freeze import set_trainable
 from vlmkit.training.loop import train
 from vlmkit.training.losses import sft_loss
-from vlmkit.training.run import end_run, finish_run, model_for_eval, save_model, start_run
+from vlmkit.training.run import Run
 from vlmkit.training.train_data import build_train_data
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(Stage2Config, argv, prog="llava_stage2", description=__doc__)
-    accelerator, out, started = start_run(cfg)
+    run = Run(cfg, "llava_stage2", hub=HUB)
 
     model, processor = build_vlm(cfg, cfg)
     set_trainable(model, "instruct", tune_encoder=cfg.tune_encoder)
@@ -42,36 +42,31 @@ def main(argv: list[str] | None = None) -> dict:
 
     skips = SkipCounter()
     train_set, collate, sampler = build_train_data(
-        cfg, processor, skips, model=model, accelerator=accelerator
+        cfg, processor, skips, model=model, accelerator=run.accelerator
     )
     result = train(
-        cfg, accelerator, model, train_set, collate, sft_loss, lr_overrides=lr_overrides, sampler=sampler
+        cfg, run.accelerator, model, train_set, collate, sft_loss, lr_overrides=lr_overrides, sampler=sampler
     )
-    model = result.model
+    run.save(result.model, processor)
 
-    save_model(accelerator, model, processor, out)
+    def evaluate(trained) -> dict:
+        eval_set = sft_dataset(cfg, cfg.eval_data_path, processor, skips)
+        scores = {"eval_loss": eval_token_loss(trained, eval_set, collate, cfg.per_device_eval_batch_size)}
+        if cfg.eval_generation:
+            samples = subsample(read_samples(cfg, cfg.eval_data_path), cfg.max_eval_samples, cfg.seed)
+            scores["eval_accuracy"], examples = answer_accuracy(
+                trained, processor, samples,
+                batch_size=cfg.per_device_eval_batch_size, max_new_tokens=cfg.max_new_tokens,
+            )  # fmt: skip
+            (run.out / "eval_examples.json").write_text(json.dumps(examples[:50], indent=2))
+        return scores
+
     metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
-    metrics.update(parameter_layout(accelerator, model))  # world size, parameters per rank (sharded?)
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if cfg.eval_data_path:
-            # Under ZeRO-3/FSDP: the consolidated model just saved, as no rank holds the whole one.
-            trained = model_for_eval(accelerator, model, out, lambda path: load_vlm(path)[0])
-            eval_set = sft_dataset(cfg, cfg.eval_data_path, processor, skips)
-            metrics["eval_loss"] = eval_token_loss(trained, eval_set, collate, cfg.per_device_eval_batch_size)
-            if cfg.eval_generation:
-                samples = subsample(read_samples(cfg, cfg.eval_data_path), cfg.max_eval_samples, cfg.seed)
-                accuracy, examples = answer_accuracy(
-                    trained, processor, samples,
-                    batch_size=cfg.per_device_eval_batch_size, max_new_tokens=cfg.max_new_tokens,
-                )  # fmt: skip
-                metrics["eval_accuracy"] = accuracy
-                (out / "eval_examples.json").write_text(json.dumps(examples[:50], indent=2))
-        metrics = finish_run(out, metrics, started=started, title="llava_stage2", skips=skips)
-        write_vlm_card(out, cfg, unwrapped, metrics, stage="stage 2 (instruct)")
-        maybe_push(cfg, out)
-    end_run(accelerator)
-    return metrics
+    metrics.update(parameter_layout(run.accelerator, result.model))  # world size, parameters per rank
+    if cfg.eval_data_path:
+        metrics.update(run.evaluate(evaluate, result.model, load=lambda path: load_vlm(path)[0]))
+    card = vlm_card(cfg, run.unwrap(result.model), stage="stage 2 (instruct)")
+    return run.finish(metrics, card=card, skips=skips)
 
 
 if __name__ == "__main__":

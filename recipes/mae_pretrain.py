@@ -23,8 +23,7 @@ from vlmkit.config.parser import parse_config
 from vlmkit.config.ssl_image import MaeConfig
 from vlmkit.data.loading import subsample
 from vlmkit.data.records import SkipCounter
-from vlmkit.hub.lifecycle import data_summary, maybe_push
-from vlmkit.hub.model_card import write_model_card
+from vlmkit.hub.lifecycle import HUB, EncoderCard, encoder_card
 from vlmkit.models.encoders import load_encoder
 from vlmkit.ssl.image_data import ImageCollator, ImageRecordDataset, read_image_records
 from vlmkit.ssl.mae_model import (
@@ -35,19 +34,25 @@ from vlmkit.ssl.mae_model import (
     probe_accuracy,
     random_init_encoder,
 )
+from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.loop import train
-from vlmkit.training.run import end_run, finish_run, save_model, start_run
+from vlmkit.training.run import Run
 
-USAGE = """from transformers import AutoImageProcessor, ViTMAEModel
+CARD = EncoderCard(
+    title="stage 0 MAE", stage="stage 0 (MAE)", new_model="new ViT-MAE",
+    connector="none (MAE decoder for pretraining only)", tags=("vlmkit", "mae", "vision"),
+    pipeline_tag="image-feature-extraction",
+    usage="""from transformers import AutoImageProcessor, ViTMAEModel
 
 encoder = ViTMAEModel.from_pretrained("{path}", mask_ratio=0.0)  # every patch (pass noise=arange to keep order)
 image_processor = AutoImageProcessor.from_pretrained("{path}", backend="pil")
-# as a stage-1 vision tower: python recipes/llava_stage1.py ... --vision_tower {path}"""
+# as a stage-1 vision tower: python recipes/llava_stage1.py ... --vision_tower {path}""",
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(MaeConfig, argv, prog="mae_pretrain", description=__doc__)
-    accelerator, out, started = start_run(cfg)
+    run = Run(cfg, "mae_pretrain", hub=HUB)
 
     model = build_mae_model(cfg)
     if cfg.model_name_or_path:
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         image_processor = mae_image_processor(cfg.image_size)
     num_patches = (model.config.image_size // model.config.patch_size) ** 2
-    masker = PatchMasker(num_patches, cfg.mask_ratio, cfg.seed, rank=accelerator.process_index)
+    masker = PatchMasker(num_patches, cfg.mask_ratio, cfg.seed, rank=run.accelerator.process_index)
 
     skips = SkipCounter()
     read = dict(image_folder=cfg.image_folder, allow_outside_root=cfg.allow_outside_media_root, skips=skips)
@@ -70,33 +75,21 @@ def main(argv: list[str] | None = None) -> dict:
         cache_images=cfg.cache_images,
     )
     result = train(
-        cfg, accelerator, model, train_set, ImageCollator(), mae_loss_fn(masker),
+        cfg, run.accelerator, model, train_set, ImageCollator(), mae_loss_fn(masker),
         count_items=lambda b: 1, extra_state={"patch_masker": masker},
     )  # fmt: skip
+    run.save(result.model, image_processor)
 
-    save_model(accelerator, result.model, image_processor, out)
     history = result.history
     metrics = {
         "train_loss": history[-1]["loss"],
         "train_loss_first": history[0]["loss"],
         "global_step": result.global_step,
     }
-    if accelerator.is_main_process:
-        if cfg.eval_data_path:
-            metrics.update(evaluate(cfg, out, train_set, image_processor, skips))
-        metrics = finish_run(out, metrics, started=started, title="mae_pretrain", skips=skips)
-        write_model_card(
-            out, title=f"{cfg.hub_model_id or out.name} (stage 0 MAE)",
-            base_encoder=cfg.model_name_or_path or "new ViT-MAE", base_language_model="none",
-            connector="none (MAE decoder for pretraining only)", stage="stage 0 (MAE)",
-            parent_checkpoint=cfg.model_name_or_path, data=data_summary(cfg), metrics=metrics,
-            lineage=[{"stage": "stage 0 (MAE)", "output_dir": str(out.resolve())}],
-            usage=USAGE.format(path=cfg.hub_model_id or out), tags=("vlmkit", "mae", "vision"),
-            pipeline_tag="image-feature-extraction",
-        )  # fmt: skip
-        maybe_push(cfg, out)
-    end_run(accelerator)
-    return metrics
+    metrics.update(parameter_layout(run.accelerator, result.model))  # world size, parameters per rank
+    if cfg.eval_data_path:  # the probe reads the saved encoder, as stage 1 loads it
+        metrics.update(run.evaluate(lambda: evaluate(cfg, run.out, train_set, image_processor, skips)))
+    return run.finish(metrics, card=encoder_card(cfg, CARD), skips=skips)
 
 
 def _pixels_and_labels(dataset: ImageRecordDataset) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,21 +22,18 @@ variance, response length, rollout/update seconds per step), loss.png and README
 
 from __future__ import annotations
 
-import json
-
 from vlmkit.config.parser import parse_config
 from vlmkit.config.ppo import PPOConfig
 from vlmkit.data.loading import read_samples, subsample
 from vlmkit.data.records import SkipCounter
-from vlmkit.eval.answers import describe_sample, exact_match
-from vlmkit.hub.lifecycle import maybe_push, write_vlm_card
+from vlmkit.eval.answers import write_examples_before_after
+from vlmkit.hub.lifecycle import HUB, vlm_card
 from vlmkit.models.build import build_vlm
 from vlmkit.rlhf.ppo_trainer import PPOTrainer
 from vlmkit.rlhf.rewards import build_reward
 from vlmkit.rlhf.value_model import build_actor_critic, frozen_reference, prepare_frozen
 from vlmkit.training.accelerator import parameter_layout
-from vlmkit.training.reporting import LOG_FILE, PLOT_FILE, plot_loss
-from vlmkit.training.run import end_run, finish_run, start_run
+from vlmkit.training.run import Run
 
 EXAMPLES_FILE = "eval_examples.json"
 NUM_EXAMPLES = 12  # held-out prompts whose answers before and after PPO are saved (and shown in reports)
@@ -44,7 +41,8 @@ NUM_EXAMPLES = 12  # held-out prompts whose answers before and after PPO are sav
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(PPOConfig, argv, prog="ppo", description=__doc__)
-    accelerator, out, started = start_run(cfg)
+    run = Run(cfg, "ppo", hub=HUB)
+    accelerator = run.accelerator
 
     # Policy (full or LoRA), the frozen reference it started from, and the value model.
     policy, processor = build_vlm(cfg, cfg)
@@ -67,9 +65,14 @@ def main(argv: list[str] | None = None) -> dict:
     shown = eval_prompts[:NUM_EXAMPLES]
     answers_before = trainer.greedy_answers(shown)
     result = trainer.train()
-    trainer.save(out)
+    trainer.save(run.out)  # collective: the policy and value_model/ (PPO evaluates on every process)
 
-    metrics = {"global_step": result.global_step, **parameter_layout(accelerator, trainer.model)}
+    metrics = {
+        "global_step": result.global_step,
+        "bad_steps": result.bad_steps,
+        **parameter_layout(accelerator, trainer.model),
+    }
+    metrics["train_samples"] = result.global_step * cfg.rollout_batch_size * accelerator.num_processes
     if result.history:
         metrics.update(train_score=result.history[-1]["score_mean"], train_kl=result.history[-1]["kl"])
     if eval_prompts:
@@ -77,25 +80,10 @@ def main(argv: list[str] | None = None) -> dict:
         metrics.update({f"eval_{k}": v for k, v in after.items()})
         metrics.update({f"eval_{k}_before": before[k] for k in ("accuracy", "reward")})
     answers_after = trainer.greedy_answers(shown)
-    if accelerator.is_main_process:
-        metrics = finish_run(out, metrics, started=started, title="ppo", skips=skips)
-        plot_loss(out / LOG_FILE, out / PLOT_FILE, title="ppo", keys=("score_mean", "kl", "loss"))
-        write_examples(out, shown, answers_before, answers_after)
-        write_vlm_card(out, cfg, trainer.bare.policy, metrics, stage="stage 4 (PPO)")
-        maybe_push(cfg, out)
-    end_run(accelerator)
-    return metrics
-
-
-def write_examples(out, samples, answers_before: list[str], answers_after: list[str]) -> None:
-    """eval_examples.json: held-out prompts with the greedy answer before and after PPO."""
-    rows = []
-    for sample, before, after in zip(samples, answers_before, answers_after):
-        reference = sample.turns[-1].text if sample.turns[-1].role == "assistant" else None
-        correct = reference is not None and exact_match(after, reference)
-        rows.append({**describe_sample(sample), "answer_before": before, "prediction": after,
-                     "reference": reference, "correct": correct})  # fmt: skip
-    (out / EXAMPLES_FILE).write_text(json.dumps(rows, indent=2))
+    if run.is_main_process:
+        write_examples_before_after(run.out / EXAMPLES_FILE, shown, answers_before, answers_after)
+    card = vlm_card(cfg, trainer.bare.policy, stage="stage 4 (PPO)")
+    return run.finish(metrics, card=card, skips=skips, plot_keys=("score_mean", "kl", "loss"))
 
 
 if __name__ == "__main__":

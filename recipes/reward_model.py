@@ -19,7 +19,7 @@ from vlmkit.config.parser import parse_config
 from vlmkit.config.rlhf import RewardModelConfig
 from vlmkit.data.preference import PreferenceCollator, count_pairs, preference_dataset
 from vlmkit.data.records import SkipCounter
-from vlmkit.hub.lifecycle import maybe_push, write_vlm_card
+from vlmkit.hub.lifecycle import HUB, vlm_card
 from vlmkit.rlhf.reward_model import (
     REWARD_USAGE,
     RewardLoss,
@@ -30,12 +30,12 @@ from vlmkit.rlhf.reward_model import (
 from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.freeze import set_trainable
 from vlmkit.training.loop import train
-from vlmkit.training.run import end_run, finish_run, model_for_eval, save_model, start_run
+from vlmkit.training.run import Run
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(RewardModelConfig, argv, prog="reward_model", description=__doc__)
-    accelerator, out, started = start_run(cfg)
+    run = Run(cfg, "reward_model", hub=HUB)
 
     model, processor = build_reward_model(cfg, cfg)
     # With LoRA only the adapters and the head train; otherwise the connector and LLM too.
@@ -47,29 +47,22 @@ def main(argv: list[str] | None = None) -> dict:
     collate = PreferenceCollator(processor.tokenizer.pad_token_id)
     loss_fn = RewardLoss(margin=cfg.margin, center_coef=cfg.center_rewards_coefficient)
     result = train(
-        cfg, accelerator, model, train_set, collate, loss_fn, count_items=count_pairs,
+        cfg, run.accelerator, model, train_set, collate, loss_fn, count_items=count_pairs,
         lr_overrides=lr_overrides,
     )  # fmt: skip
-    model = result.model
+    run.save(result.model, processor)
 
-    save_model(accelerator, model, processor, out)
+    def evaluate(trained) -> dict:
+        eval_set = preference_dataset(cfg, cfg.eval_data_path, processor, skips, limit=cfg.max_eval_samples)
+        scores = evaluate_pairs(trained, eval_set, collate, cfg.per_device_eval_batch_size)
+        return {f"eval_{k}": v for k, v in scores.items()}
+
     metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
-    metrics.update(parameter_layout(accelerator, model))  # world size, parameters per rank (sharded?)
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        if cfg.eval_data_path:
-            # Under ZeRO-3/FSDP: the consolidated model just saved, as no rank holds the whole one.
-            trained = model_for_eval(accelerator, model, out, RewardModel.from_pretrained)
-            eval_set = preference_dataset(
-                cfg, cfg.eval_data_path, processor, skips, limit=cfg.max_eval_samples
-            )
-            scores = evaluate_pairs(trained, eval_set, collate, cfg.per_device_eval_batch_size)
-            metrics.update({f"eval_{k}": v for k, v in scores.items()})
-        metrics = finish_run(out, metrics, started=started, title="reward_model", skips=skips)
-        write_vlm_card(out, cfg, unwrapped, metrics, stage="stage 3 (reward model)", usage=REWARD_USAGE)
-        maybe_push(cfg, out)
-    end_run(accelerator)
-    return metrics
+    metrics.update(parameter_layout(run.accelerator, result.model))  # world size, parameters per rank
+    if cfg.eval_data_path:
+        metrics.update(run.evaluate(evaluate, result.model, load=RewardModel.from_pretrained))
+    card = vlm_card(cfg, run.unwrap(result.model), stage="stage 3 (reward model)", usage=REWARD_USAGE)
+    return run.finish(metrics, card=card, skips=skips)
 
 
 if __name__ == "__main__":

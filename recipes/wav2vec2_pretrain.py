@@ -21,15 +21,15 @@ train_log.jsonl (contrastive/diversity loss, perplexity, temperature per step), 
 
 from __future__ import annotations
 
-from pathlib import Path
 from statistics import mean
 
 from torch.utils.data import DataLoader
+from transformers import Wav2Vec2ForPreTraining
 
 from vlmkit.config.parser import parse_config
 from vlmkit.config.ssl_audio import Wav2Vec2PretrainConfig
-from vlmkit.hub.lifecycle import data_summary, maybe_push
-from vlmkit.hub.model_card import write_model_card
+from vlmkit.data.records import SkipCounter
+from vlmkit.hub.lifecycle import HUB, EncoderCard, encoder_card
 from vlmkit.ssl.audio_data import AudioClipDataset, collate_clips
 from vlmkit.ssl.wav2vec2_pretraining import (
     Wav2Vec2PretrainingStep,
@@ -39,26 +39,32 @@ from vlmkit.ssl.wav2vec2_pretraining import (
     random_init_like,
     save_pretrained_encoder,
 )
+from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.loop import train
-from vlmkit.training.run import end_run, finish_run, start_run
+from vlmkit.training.run import Run
 
-USAGE = """from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
+CARD = EncoderCard(
+    title="stage 0, wav2vec 2.0", stage="stage 0 (wav2vec2 pretraining)", new_model="new (random init)",
+    pipeline_tag="feature-extraction",
+    usage="""from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
 encoder = Wav2Vec2Model.from_pretrained("{path}")
 feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained("{path}")
 # stage 1: python recipes/llava_stage1.py --config recipes/configs/spoken_digits_audio_stage1.yaml \\
-#     --audio_tower {path}"""
+#     --audio_tower {path}""",
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(Wav2Vec2PretrainConfig, argv, prog="wav2vec2_pretrain", description=__doc__)
-    accelerator, out, started = start_run(cfg)
+    run = Run(cfg, "wav2vec2_pretrain", hub=HUB)
 
     model = build_pretraining_model(cfg)
     feature_extractor = build_feature_extractor(cfg.model_name_or_path, cfg.sampling_rate)
+    skips = SkipCounter()
     clips = dict(
         num_samples=cfg.audio_samples, audio_folder=cfg.audio_folder,
-        allow_outside_root=cfg.allow_outside_media_root,
+        allow_outside_root=cfg.allow_outside_media_root, on_bad_sample=cfg.on_bad_sample, skips=skips,
     )  # fmt: skip
     train_set = AudioClipDataset(cfg.data_path, feature_extractor, **clips)
     step = Wav2Vec2PretrainingStep(
@@ -66,62 +72,41 @@ def main(argv: list[str] | None = None) -> dict:
         num_negatives=cfg.num_negatives, contrastive_temperature=cfg.contrastive_temperature,
         diversity_weight=cfg.diversity_loss_weight, max_temperature=cfg.max_gumbel_temperature,
         min_temperature=cfg.min_gumbel_temperature, temperature_decay=cfg.gumbel_temperature_decay,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, seed=cfg.seed + accelerator.process_index,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, seed=cfg.seed + run.accelerator.process_index,
     )  # fmt: skip
     result = train(
-        cfg, accelerator, model, train_set, collate_clips, step,
-        count_items=lambda batch: 1, extra_state={"wav2vec2_step": step},
+        cfg, run.accelerator, model, train_set, collate_clips, step,
+        count_items=lambda batch: 0 if batch.get("empty") else 1, extra_state={"wav2vec2_step": step},
     )  # fmt: skip
-    model = result.model
 
-    state_dict = accelerator.get_state_dict(model)  # collective under ZeRO-3 / FSDP
-    if accelerator.is_main_process:
-        save_pretrained_encoder(
-            accelerator.unwrap_model(model), feature_extractor, out, state_dict=state_dict
-        )
-    accelerator.wait_for_everyone()
+    def save(unwrapped, out, state_dict) -> None:
+        save_pretrained_encoder(unwrapped, feature_extractor, out, state_dict=state_dict)
+
+    run.save(result.model, save=save)
+
+    def evaluate(trained) -> dict:
+        """Linear probe (train clips -> held-out accent) against a random-init encoder; codebook use."""
+        eval_set = AudioClipDataset(cfg.eval_data_path, feature_extractor, **clips)
+        loaders = [
+            DataLoader(dataset, batch_size=cfg.per_device_eval_batch_size, collate_fn=collate_clips)
+            for dataset in (train_set, eval_set)
+        ]
+        baseline = random_init_like(trained, cfg.seed)
+        return probe_metrics(trained, baseline, *loaders, layer=cfg.probe_layer, c=cfg.probe_c, seed=cfg.seed)
 
     # contrastive loss over the first and last tenth of the run shows whether it fell
     window = max(1, len(result.history) // 10)
-    losses = [r["contrastive_loss"] for r in result.history]
+    losses = [r["contrastive_loss"] for r in result.history if "contrastive_loss" in r]
     metrics = {
         "train_loss": result.history[-1]["loss"],
         "train_contrastive_loss_start": mean(losses[:window]),
         "train_contrastive_loss_end": mean(losses[-window:]),
         "global_step": result.global_step,
     }
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        loaders = [
-            DataLoader(
-                AudioClipDataset(path, feature_extractor, **clips),
-                batch_size=cfg.per_device_eval_batch_size,
-                collate_fn=collate_clips,
-            )
-            for path in (cfg.data_path, cfg.eval_data_path)
-        ]
-        metrics.update(
-            probe_metrics(
-                unwrapped,
-                random_init_like(unwrapped, cfg.seed),
-                *loaders,
-                layer=cfg.probe_layer,
-                c=cfg.probe_c,
-                seed=cfg.seed,
-            )  # fmt: skip
-        )
-        metrics = finish_run(out, metrics, started=started, title="wav2vec2_pretrain")
-        write_model_card(
-            out, title=f"{cfg.hub_model_id or Path(out).name} (stage 0, wav2vec 2.0)",
-            base_encoder=cfg.model_name_or_path or "new (random init)", base_language_model="none",
-            connector="none", stage="stage 0 (wav2vec2 pretraining)", parent_checkpoint=cfg.model_name_or_path,
-            data=data_summary(cfg), metrics=metrics,
-            lineage=[{"stage": "stage 0 (wav2vec2 pretraining)", "output_dir": str(Path(out).resolve())}],
-            usage=USAGE.format(path=cfg.hub_model_id or out), pipeline_tag="feature-extraction",
-        )  # fmt: skip
-        maybe_push(cfg, out)
-    end_run(accelerator)
-    return metrics
+    metrics.update(parameter_layout(run.accelerator, result.model))  # world size, parameters per rank
+    if cfg.eval_data_path:
+        metrics.update(run.evaluate(evaluate, result.model, load=Wav2Vec2ForPreTraining.from_pretrained))
+    return run.finish(metrics, card=encoder_card(cfg, CARD), skips=skips)
 
 
 if __name__ == "__main__":

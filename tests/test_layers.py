@@ -45,9 +45,8 @@ SIBLING_EDGES = {
     ("vlmkit.rlhf.rl_trainer", "vlmkit.eval.answers"),
 }
 
-# Known upward import being removed: the run opening in training/run.py calls the Hub pre-flight check.
-# Delete this entry once training/run.py no longer imports vlmkit.hub.
-KNOWN_UPWARD = {("vlmkit.training.run", "vlmkit.hub.lifecycle")}
+# Upward imports being removed, each with its reason; empty: there are none.
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 
 
 def module_name(path: Path) -> str:

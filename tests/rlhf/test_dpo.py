@@ -127,6 +127,9 @@ def test_lora_reference_is_the_model_with_adapters_off():
 
     sgd_steps(model, loss_fn, batch)
     assert torch.allclose(reference.logps(model, batch), start, atol=1e-5)  # the reference did not move
+    with reference.as_model(model) as starting_policy:  # what "before" metrics are measured on
+        assert torch.allclose(batch_logps(starting_policy.eval(), batch), start, atol=1e-5)
+    assert not torch.allclose(batch_logps(model, batch), start, atol=1e-4)  # adapters back on afterwards
     scores = evaluate_dpo(model, reference, dataset, collate, beta=0.1)
     assert scores["loss"] < math.log(2) and scores["reward_accuracy"] > 0.5
 
@@ -144,6 +147,8 @@ def test_full_reference_is_a_frozen_copy_of_the_start():
         moved = batch_logps(model.eval(), batch)
     assert not torch.allclose(moved, start, atol=1e-4)  # the policy learned something...
     assert torch.allclose(reference.logps(model, batch), start, atol=1e-6)  # ...the reference did not
+    with reference.as_model(model) as starting_policy:
+        assert starting_policy is reference.copy
 
 
 def test_lora_dpo_refuses_a_lora_checkpoint_as_start(tmp_path):
@@ -155,3 +160,11 @@ def test_lora_dpo_refuses_a_lora_checkpoint_as_start(tmp_path):
         build_dpo_policy(cfg)
     with pytest.raises(ValueError, match="adapters"):
         ReferencePolicy(build_vlm(tiny_cfg())[0], adapters_off=True)
+
+
+def test_full_dpo_under_zero3_is_refused_with_the_lora_way_out(monkeypatch):
+    import vlmkit.rlhf.dpo as dpo
+
+    monkeypatch.setattr(dpo, "is_deepspeed_zero3_enabled", lambda: True)
+    with pytest.raises(ValueError, match="ZeRO-3 needs --use_lora true"):
+        build_dpo_policy(tiny_cfg())

@@ -157,3 +157,19 @@ def test_evaluate_clip_reports_metrics_and_dedups_captions(tokenizer):
         assert 0.0 <= metrics[f"eval_{key}"] <= 1.0
     assert metrics["eval_image_to_text_r5"] == 1.0  # only two candidates
     assert clip.training  # evaluation restores the mode
+
+
+def test_under_zero3_the_logit_scale_trains_1_dim_and_saves_as_clips_scalar(tokenizer, tmp_path, monkeypatch):
+    """DeepSpeed ZeRO-3 cannot partition a 0-dim parameter: the wrapper holds the scale as (1,), the save is a
+    plain CLIPModel again."""
+    from transformers import CLIPModel
+
+    import vlmkit.ssl.clip_model as clip_model
+
+    monkeypatch.setattr(clip_model, "is_deepspeed_zero3_enabled", lambda: True)
+    torch.manual_seed(0)
+    model = ClipDualEncoder(build_clip_model(_cfg(), tokenizer))
+    assert model.clip.logit_scale.shape == (1,) and model.clip.logit_scale.requires_grad
+    model.save_pretrained(tmp_path, state_dict=model.state_dict())
+    reloaded = CLIPModel.from_pretrained(tmp_path)
+    assert reloaded.logit_scale.shape == () and torch.equal(reloaded.logit_scale, model.clip.logit_scale[0])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import string
+from pathlib import Path
 
 import torch
 
@@ -83,3 +85,14 @@ def describe_sample(sample: Sample) -> dict:
     question = next((t.text for t in reversed(sample.turns) if t.role == "user"), "")
     media = next((m for m in (*sample.images, *sample.audios) if isinstance(m, str)), None)
     return {"question": question, "media": media, "source": sample.source, "index": sample.index}
+
+
+def write_examples_before_after(path, samples: list[Sample], before: list[str], after: list[str]) -> None:
+    """A JSON file of held-out prompts with the greedy answer before and after training (RL stages)."""
+    rows = []
+    for sample, was, now in zip(samples, before, after):
+        reference = sample.turns[-1].text if sample.turns[-1].role == "assistant" else None
+        correct = reference is not None and exact_match(now, reference)
+        rows.append({**describe_sample(sample), "answer_before": was, "prediction": now,
+                     "reference": reference, "correct": correct})  # fmt: skip
+    Path(path).write_text(json.dumps(rows, indent=2))

@@ -1,13 +1,19 @@
-"""The Hub steps of a recipe: check access before training, write the model card, push at the end."""
+"""The Hub steps of a recipe: check access before training, write the model card, push at the end.
+
+`vlmkit.training.run.Run` takes them from the recipe (`hub=HUB`, `card=vlm_card(...)` or `encoder_card(...)`), so
+the training layer never imports this one.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from vlmkit.hub.model_card import write_model_card
+from vlmkit.hub.model_card import DEFAULT_TAGS, write_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +40,19 @@ def maybe_push(cfg, out_dir: Path) -> str | None:
     )
     logger.info("pushed %s to %s", out_dir, url)
     return url
+
+
+class HubPublisher:
+    """The Hub steps a `Run` takes: `check` before anything loads, `push` after the model card is written."""
+
+    def check(self, cfg) -> None:
+        maybe_check_hub(cfg)
+
+    def push(self, cfg, out_dir: Path) -> str | None:
+        return maybe_push(cfg, out_dir)
+
+
+HUB = HubPublisher()
 
 
 def file_fingerprint(path: str | None) -> str | None:
@@ -92,3 +111,40 @@ def write_vlm_card(out_dir: Path, cfg, model, metrics: dict, *, stage: str, usag
         usage=(usage or USAGE).format(path=cfg.hub_model_id or out_dir),
         is_adapter=model.is_peft,
     )
+
+
+def vlm_card(cfg, model, *, stage: str, usage: str | None = None) -> Callable[[Path, dict], Path]:
+    """The `card` of a VLM run for `Run.finish`: `write_vlm_card` with the final metrics."""
+    return lambda out_dir, metrics: write_vlm_card(out_dir, cfg, model, metrics, stage=stage, usage=usage)
+
+
+@dataclass(frozen=True)
+class EncoderCard:
+    """What the model cards of the stage-0 encoder runs (CLIP, MAE, wav2vec2) say differently."""
+
+    title: str  # after the run's name, e.g. "stage 0 CLIP"
+    stage: str
+    new_model: str  # the base encoder when training from scratch
+    usage: str  # `{path}` becomes the repository or directory
+    pipeline_tag: str
+    base_language_model: str = "none"
+    connector: str = "none"
+    tags: tuple[str, ...] = DEFAULT_TAGS
+
+
+def encoder_card(cfg, spec: EncoderCard) -> Callable[[Path, dict], Path]:
+    """The `card` of a stage-0 encoder run for `Run.finish`."""
+
+    def write(out_dir: Path, metrics: dict) -> Path:
+        out_dir = Path(out_dir)
+        return write_model_card(
+            out_dir, title=f"{cfg.hub_model_id or out_dir.name} ({spec.title})",
+            base_encoder=cfg.model_name_or_path or spec.new_model, base_language_model=spec.base_language_model,
+            connector=spec.connector, stage=spec.stage, parent_checkpoint=cfg.model_name_or_path,
+            data=data_summary(cfg), metrics=metrics,
+            lineage=[{"stage": spec.stage, "output_dir": str(out_dir.resolve())}],
+            usage=spec.usage.format(path=cfg.hub_model_id or out_dir), tags=spec.tags,
+            pipeline_tag=spec.pipeline_tag,
+        )  # fmt: skip
+
+    return write

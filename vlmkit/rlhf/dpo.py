@@ -8,12 +8,15 @@ a frozen copy of the starting model.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from vlmkit.data.tokenize import IGNORE_INDEX
 from vlmkit.models.build import build_vlm
@@ -104,6 +107,17 @@ class ReferencePolicy:
         else:
             self.copy = copy.deepcopy(policy).eval().requires_grad_(False)
 
+    @contextmanager
+    def as_model(self, policy: nn.Module) -> Iterator[nn.Module]:
+        """The starting policy as a model to run (e.g. to generate): `policy` with its adapters switched off,
+        or the frozen copy (on `policy`'s device)."""
+        if self.copy is not None:
+            yield self.copy.to(next(_unwrap(policy).parameters()).device)
+            return
+        module = _unwrap(policy)
+        with module.language_model.disable_adapter():
+            yield module
+
     @torch.no_grad()
     def logps(self, policy: nn.Module, batch: dict) -> torch.Tensor:
         if self.copy is None:
@@ -134,6 +148,11 @@ def build_dpo_policy(cfg) -> tuple[VLM, VLMProcessor, ReferencePolicy]:
         if cfg.tune_encoder:
             raise ValueError("--tune_encoder cannot be combined with --use_lora in DPO (the reference "
                              "is the same model with adapters off, so only adapters may train)")  # fmt: skip
+    elif is_deepspeed_zero3_enabled():
+        raise ValueError(
+            "DPO under DeepSpeed ZeRO-3 needs --use_lora true: the reference is then the same sharded weights "
+            "with the adapters off (a frozen full copy of a partitioned model cannot run on its own)"
+        )
     model, processor = build_vlm(cfg, cfg)
     set_trainable(model, "instruct", tune_encoder=cfg.tune_encoder, tune_connector=not cfg.use_lora)
     return model, processor, ReferencePolicy(model, adapters_off=cfg.use_lora)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from vlmkit.ssl.contrastive import clip_loss, retrieval_recall, zero_shot_accuracy, zero_shot_classifier
 from vlmkit.ssl.image_data import tokenize_captions
@@ -104,6 +105,12 @@ def build_clip_model(cfg, tokenizer) -> nn.Module:
         text_config=text, vision_config=vision, projection_dim=cfg.projection_dim,
         logit_scale_init_value=math.log(1.0 / cfg.init_temperature),
     )  # fmt: skip
+    if is_deepspeed_zero3_enabled():
+        # zero.Init (what `_from_config` uses under ZeRO-3) cannot partition the 0-dim logit_scale (DeepSpeed views
+        # every parameter as bytes to broadcast it): build the model whole; DeepSpeed partitions it when the engine
+        # starts, after `ClipDualEncoder` made the scale 1-dim.
+        config._attn_implementation = attn
+        return CLIPModel(config)
     return CLIPModel._from_config(config, attn_implementation=attn)
 
 
@@ -119,23 +126,38 @@ def lock_text_tower(clip: nn.Module) -> None:
 class ClipDualEncoder(nn.Module):
     """Wraps a `CLIPModel` so one `forward` yields what `clip_loss` needs (and DDP/FSDP see every parameter).
 
-    `save_pretrained` writes the inner `CLIPModel` (state-dict keys without the ``clip.`` prefix).
+    `save_pretrained` writes the inner `CLIPModel` (state-dict keys without the ``clip.`` prefix). Under
+    DeepSpeed ZeRO-3 the logit scale is held with shape (1,) while training, as ZeRO-3 cannot partition a 0-dim
+    parameter, and saved as the scalar that `CLIPModel` has.
     """
 
     def __init__(self, clip: nn.Module):
         super().__init__()
         self.clip = clip
+        if is_deepspeed_zero3_enabled():
+            import deepspeed
+
+            if clip.logit_scale.dim() == 0:
+                clip.logit_scale = nn.Parameter(
+                    clip.logit_scale.detach().reshape(1), requires_grad=clip.logit_scale.requires_grad
+                )
+            # This forward reads the scale outside CLIPModel.forward, which never runs: ZeRO-3 must gather it here.
+            deepspeed.zero.register_external_parameter(self, clip.logit_scale)
 
     def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple:
         """pixel_values (B, C, H, W), input_ids / attention_mask (B, T) ->
         image embeddings (B, P), text embeddings (B, P) (projected, not normalised), log scale ()."""
         image = self.clip.get_image_features(pixel_values=pixel_values).pooler_output
         text = self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-        return image, text, self.clip.logit_scale
+        # A copy: under ZeRO-3 the parameter itself is emptied again (re-partitioned) when this forward returns.
+        return image, text, self.clip.logit_scale.reshape(()).clone()
 
     def save_pretrained(self, out_dir, state_dict: dict | None = None, **kwargs) -> None:
-        if state_dict is not None:
-            state_dict = {k.removeprefix("clip."): v for k, v in state_dict.items()}
+        if state_dict is not None or self.clip.logit_scale.dim():
+            state_dict = {
+                k.removeprefix("clip."): v for k, v in (state_dict or self.clip.state_dict()).items()
+            }
+            state_dict["logit_scale"] = state_dict["logit_scale"].reshape(())
         self.clip.save_pretrained(out_dir, state_dict=state_dict, **kwargs)
 
 

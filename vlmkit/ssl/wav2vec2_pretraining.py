@@ -241,7 +241,8 @@ class Wav2Vec2PretrainingStep:
 
 def _batches(loader: Iterable[dict]) -> Iterable[tuple[Tensor, Tensor]]:
     for batch in loader:
-        yield batch["input_values"], batch["labels"]
+        if not batch.get("empty"):  # every clip of the batch was skipped
+            yield batch["input_values"], batch["labels"]
 
 
 @torch.no_grad()

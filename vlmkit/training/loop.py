@@ -28,7 +28,8 @@ from vlmkit.training.stepping import OptimizerStepper, ensure_finite_weights
 
 logger = logging.getLogger(__name__)
 
-# compute_loss(model, batch) -> (sum of per-item losses, dict of extra scalars to log)
+# compute_loss(model, batch) -> (sum of per-item losses, dict of extra scalars to log). Extras are averaged over
+# the micro-batches of a step, then over processes, except counts (names ending in "_count"), which are summed.
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
 CountFn = Callable[[dict], int]
 
@@ -171,6 +172,7 @@ def train(
                 for k, v in extra.items():
                     extras[k] = extras.get(k, 0.0) + float(v) / gas
         scheduler.step()
+        extras = reduce_extras(accelerator, extras)
         result.global_step, result.bad_steps = step + 1, stepper.bad_steps
         outcome = stepper.outcome
         record = {
@@ -269,6 +271,29 @@ class StepLog:
             return
         self.file.write(record)
         self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+
+
+SUMMED_EXTRA_SUFFIX = "_count"
+
+
+def reduce_extras(accelerator, extras: dict[str, float]) -> dict[str, float]:
+    """This process's per-step extras -> the whole step's, identical on every process: each scalar is the mean
+    over the processes that logged it, a count (name ending in "_count") the sum. Every process must call it."""
+    if accelerator.num_processes == 1:
+        return extras
+    from accelerate.utils import gather_object
+
+    # A process whose micro-batches were all skipped logged nothing: agree on the names first.
+    names = sorted(set().union(*gather_object([sorted(extras)])))
+    if not names:
+        return extras
+    local = [[extras.get(k, 0.0), float(k in extras)] for k in names]
+    totals = accelerator.reduce(torch.tensor(local, dtype=torch.float64, device=accelerator.device), "sum")
+    return {
+        name: total if name.endswith(SUMMED_EXTRA_SUFFIX) else total / count
+        for name, (total, count) in zip(names, totals.tolist())
+        if count > 0
+    }
 
 
 def start_trackers(accelerator, cfg) -> None:
