@@ -142,3 +142,29 @@ def test_select_keeps_rows_and_their_media_together(tiny_vlm, prompts):
     assert torch.equal(sub.media_features, rollout.media_features[[2, 0]])
     assert sub.references == ["2", "0"] and sub.texts == [rollout.texts[2], rollout.texts[0]]
     assert sub.media_items == [rollout.media_items[2], rollout.media_items[0]]
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.3])
+def test_sampling_log_probs_equal_the_trainers_recomputed_ones(tiny_vlm, prompts, temperature):
+    """The HF engine's sampling log-probs (KV cache, media placeholder suppressed) and the trainer's forward
+    pass over prompt + response (`response_logprobs` with the placeholder excluded) agree to 1e-5."""
+    model, processor = tiny_vlm
+    torch.manual_seed(0)
+    rollout = generate_rollout(
+        model, make_prompt_batch(prompts, processor, "cpu"), processor.tokenizer, max_new_tokens=6,
+        temperature=temperature, return_logprobs=True,
+    )  # fmt: skip
+    inputs = rollout.model_inputs()
+    with torch.no_grad():
+        logits = model(
+            inputs["input_ids"], inputs["attention_mask"], None, inputs["media_features"],
+            position_ids=inputs["position_ids"],
+        ).logits  # fmt: skip
+    recomputed, _ = response_logprobs(logits, rollout, temperature, model.config.media_token_id)
+    mask = rollout.response_mask
+    assert mask.sum() > 3 and rollout.logprobs.shape == recomputed.shape
+    assert (rollout.logprobs[mask] - recomputed[mask]).abs().max() <= 1e-5
+    # without excluding the placeholder the trainer would score a slightly different distribution
+    unsuppressed, _ = response_logprobs(logits, rollout, temperature)
+    assert (unsuppressed[mask] - recomputed[mask]).abs().max() > 1e-5
+    assert torch.equal(rollout.select([1]).logprobs, rollout.logprobs[[1]])

@@ -26,7 +26,8 @@ from vlmkit.rlhf.kl import kl_estimate
 from vlmkit.rlhf.rewards import RewardSet
 from vlmkit.rlhf.rollout import (
     Rollout,
-    generate_rollout,
+    RolloutEngine,
+    hf_generate,
     make_prompt_batch,
     response_logprobs,
     response_slice,
@@ -111,6 +112,7 @@ class RLTrainer(ABC):
         self.stateful = {"scheduler": self.scheduler, **(stateful or {})}
         self.reference = prepare_frozen(reference, accelerator) if reference is not None else None
         self.device = accelerator.device
+        self.engine: RolloutEngine = hf_generate  # generation behind one call (see rollout.RolloutEngine)
         self._orders: dict[int, list[int]] = {}
 
     # ---- what a subclass supplies --------------------------------------------------------------------
@@ -141,6 +143,11 @@ class RLTrainer(ABC):
         return self.accelerator.unwrap_model(self.model)
 
     @property
+    def media_token_id(self) -> int:
+        """The media placeholder: never sampled, so excluded from every log-prob (see `response_logprobs`)."""
+        return self.bare.policy.config.media_token_id
+
+    @property
     def has_reference(self) -> bool:
         return self.reference is not None or self.bare.policy.is_peft
 
@@ -161,7 +168,7 @@ class RLTrainer(ABC):
     def forward(self, rollout: Rollout, with_values: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
         """(log-probs (B, T), response logits (B, T, V), values (B, T) or None) of the current policy."""
         logits, values = self.model(**rollout.model_inputs(), with_values=with_values)
-        logprobs, resp_logits = response_logprobs(logits, rollout, self.cfg.temperature)
+        logprobs, resp_logits = response_logprobs(logits, rollout, self.cfg.temperature, self.media_token_id)
         if values is not None:
             values = values[:, response_slice(rollout.query_ids.shape[1], rollout.response_ids.shape[1])]
         return logprobs, resp_logits, values
@@ -169,7 +176,7 @@ class RLTrainer(ABC):
     def ref_logprobs(self, rollout: Rollout) -> Tensor:
         """(B, T) log-probs of the sampled tokens under the frozen reference policy."""
         logits = reference_logits(self.model, self.bare.policy, rollout.model_inputs(), self.reference)
-        return response_logprobs(logits, rollout, self.cfg.temperature)[0]
+        return response_logprobs(logits, rollout, self.cfg.temperature, self.media_token_id)[0]
 
     def chunks(self, n: int, size: int | None = None) -> list[list[int]]:
         """Row indices in micro-batches of `size` (default per_device_train_batch_size)."""
@@ -180,7 +187,7 @@ class RLTrainer(ABC):
         """Generate one response per prompt with the current policy (parameters gathered under ZeRO-3)."""
         batch = make_prompt_batch(samples, self.processor, self.device)
         with unwrapped_for_generation(self.model, self.accelerator) as bare:
-            return generate_rollout(
+            return self.engine(
                 bare.policy, batch, self.tokenizer, max_new_tokens=self.cfg.max_new_tokens,
                 temperature=self.cfg.temperature, top_p=self.cfg.top_p, do_sample=do_sample,
             )  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +19,9 @@ from vlmkit.data.prompts import left_padded_batch, prepare_prompts
 from vlmkit.data.records import Sample
 from vlmkit.models.encoders import encode
 from vlmkit.rlhf.ppo_math import logprobs_from_logits
+
+# A logit no token can be sampled at (softmax gives exactly 0) that still keeps p * log p finite (= 0).
+SUPPRESSED_LOGIT = -1e9
 
 
 @dataclass
@@ -44,6 +48,7 @@ class Rollout:
     references: list[str | None]
     texts: list[str] = field(default_factory=list)
     media_features: Tensor | None = None
+    logprobs: Tensor | None = None  # (B, T) sampling log-probs, when the engine was asked for them
 
     def __len__(self) -> int:
         return self.query_ids.shape[0]
@@ -64,6 +69,7 @@ class Rollout:
             self.has_eos[rows], media, [self.media_counts[r] for r in rows], [self.media_items[i] for i in picks],
             [self.samples[r] for r in rows], [self.references[r] for r in rows],
             [self.texts[r] for r in rows] if self.texts else [], features,
+            self.logprobs[rows] if self.logprobs is not None else None,
         )  # fmt: skip
 
     def model_inputs(self) -> dict[str, Tensor | None]:
@@ -122,12 +128,15 @@ def generate_rollout(
     temperature: float = 1.0,
     top_p: float = 1.0,
     do_sample: bool = True,
+    return_logprobs: bool = False,
 ) -> Rollout:
     """Sample one response per prompt of `batch` with `model` (a bare VLM) and the KV cache.
 
     Sampling is from softmax(logits / temperature) (top-k off; nucleus when top_p < 1); the media
     placeholder token is never generated (it would be read as an image or clip in later forward passes).
-    A frozen encoder runs once here; its features travel with the rollout.
+    A frozen encoder runs once here; its features travel with the rollout. `return_logprobs` keeps the
+    sampling log-probs of the response tokens (the trainer recomputes them; they are for checks and for
+    engines that return them for free), at the cost of holding (B, T, V) logits.
     """
     was_training = model.training
     model.eval()
@@ -143,14 +152,50 @@ def generate_rollout(
         max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature if do_sample else None,
         top_p=top_p if do_sample else None, top_k=0 if do_sample else None,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        return_dict_in_generate=return_logprobs, output_logits=return_logprobs,
     )  # fmt: skip
     model.train(was_training)
+    raw_logits = None
+    if return_logprobs:
+        generated, raw_logits = generated.sequences, torch.stack(generated.logits, dim=1)
     tokens, mask, has_eos = truncate_after_eos(generated, tokenizer.eos_token_id, tokenizer.pad_token_id)
     texts = [t.strip() for t in tokenizer.batch_decode(tokens, skip_special_tokens=True)]
-    return Rollout(
+    rollout = Rollout(
         batch.query_ids, batch.query_mask, tokens, mask, has_eos, batch.media, batch.media_counts,
         batch.media_items, batch.samples, batch.references, texts, features,
     )  # fmt: skip
+    if raw_logits is not None:
+        scale = temperature if do_sample else 1.0
+        rollout.logprobs = sampling_logprobs(raw_logits / scale, rollout, model.config.media_token_id)
+    return rollout
+
+
+class RolloutEngine(Protocol):
+    """What generates an RL rollout: `engine(policy, batch, tokenizer, **sampling) -> Rollout`.
+
+    `HFGenerate` (transformers' `generate` with the KV cache) is the default and the reference: the trainer
+    recomputes every log-prob with a forward pass, and `return_logprobs` lets a test compare the two. A
+    faster engine (e.g. vLLM, colocated on the GPU) plugs in by implementing this call; it must sample from
+    the same distribution (temperature, top-p, media placeholder excluded) and return the same Rollout.
+    """
+
+    def __call__(self, policy: nn.Module, batch: Rollout, tokenizer, **sampling) -> Rollout: ...
+
+
+def hf_generate(policy: nn.Module, batch: Rollout, tokenizer, **sampling) -> Rollout:
+    """The default RolloutEngine: `generate_rollout`."""
+    return generate_rollout(policy, batch, tokenizer, **sampling)
+
+
+def sampling_logprobs(logits: Tensor, rollout: Rollout, suppressed_token_id: int | None) -> Tensor:
+    """(B, T) log-probs of the response tokens under (B, T, V) `logits` already divided by the temperature,
+    with the never-sampled media placeholder excluded, as the sampler saw them."""
+    logits = logits.float()
+    if suppressed_token_id is not None:
+        logits = logits.clone()
+        logits[..., suppressed_token_id] = SUPPRESSED_LOGIT
+    labels = rollout.response_ids.masked_fill(~rollout.response_mask.bool(), -100)
+    return logprobs_from_logits(logits, labels)
 
 
 def response_slice(prompt_length: int, response_length: int) -> slice:
@@ -158,13 +203,19 @@ def response_slice(prompt_length: int, response_length: int) -> slice:
     return slice(prompt_length - 1, prompt_length + response_length - 1)
 
 
-def response_logprobs(logits: Tensor, rollout: Rollout, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
+def response_logprobs(
+    logits: Tensor, rollout: Rollout, temperature: float = 1.0, suppressed_token_id: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Log-probs (B, T) of the sampled response tokens and the response logits (B, T, V), both / temperature.
 
-    `logits` (B, P+T, V) come from a forward pass over `rollout.model_inputs()`.
+    `logits` (B, P+T, V) come from a forward pass over `rollout.model_inputs()`. With `suppressed_token_id`
+    (the media placeholder, which generation never samples) that token is excluded, so the log-probs are
+    those of the distribution the responses were sampled from.
     """
     window = response_slice(rollout.query_ids.shape[1], rollout.response_ids.shape[1])
     response_logits = logits[:, window].float() / temperature
+    if suppressed_token_id is not None:
+        response_logits[..., suppressed_token_id] = SUPPRESSED_LOGIT
     labels = rollout.response_ids.masked_fill(~rollout.response_mask.bool(), -100)
     return logprobs_from_logits(response_logits, labels), response_logits
 
