@@ -66,7 +66,7 @@ def resolve_media_path(
                 index,
                 field_name,
                 f"media path outside root: {rel!r} resolves to {real}, outside the media folder {real_root}; "
-                "fix the path or set allow_outside_root=True (data.allow_outside_root) if this is intended",
+                "fix the path, or pass --allow_outside_media_root true if this is intended",
             )
     return joined
 
@@ -145,7 +145,7 @@ def _check_pixels(img: Image.Image, max_pixels: int, where: tuple) -> None:
         raise BadSampleError(
             *where,
             f"image too large: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}; "
-            "resize the image or raise max_pixels",
+            "resize the image (the limit guards against decompression bombs)",
         )
 
 
