@@ -15,6 +15,7 @@ import torch
 from vlmkit.config.parser import save_config
 from vlmkit.hub.lifecycle import maybe_check_hub
 from vlmkit.training.accelerator import make_accelerator
+from vlmkit.training.preflight import preflight
 from vlmkit.training.reporting import LOG_FILE, PLOT_FILE, plot_loss, write_metrics
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ def start_run(cfg):
     Returns (accelerator, output directory, start time for `finish_run`)."""
     started = time.perf_counter()
     maybe_check_hub(cfg)
+    preflight(cfg)  # every input the run needs (data, media, model paths, output_dir), before any model loads
     accelerator = make_accelerator(
         output_dir=cfg.output_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision, report_to=cfg.report_to,
