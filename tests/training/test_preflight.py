@@ -121,3 +121,28 @@ def test_the_recipe_fails_in_seconds_before_any_step(recipe, digits_data, tmp_pa
     assert time.perf_counter() - started < 20
     assert (err.value.source, err.value.index) == (str(bad_eval), 4) and "placeholder" in str(err.value)
     assert not (out / "train_log.jsonl").exists() and not list(out.glob("checkpoint-*"))
+
+
+def test_stage0_records_have_their_media_checked(digits_data, tmp_path):
+    from vlmkit.config.ssl_audio import Wav2Vec2PretrainConfig
+    from vlmkit.config.ssl_image import ClipConfig
+
+    rows = json.loads((digits_data / "clip_eval.json").read_text())[:5]
+    for row in rows:
+        row["image"] = str(digits_data / row["image"])
+    rows[3]["image"] = str(digits_data / "images" / "gone.png")
+    held_out = tmp_path / "clip_eval.json"
+    held_out.write_text(json.dumps(rows))
+    argv = ["--data_path", "vlmkit-data/digits/clip_train.json", "--eval_data_path", str(held_out),
+            "--allow_outside_media_root", "true"]  # fmt: skip
+    with pytest.raises(BadSampleError) as err:
+        check_data(parse_config(ClipConfig, argv))
+    assert (err.value.source, err.value.index, err.value.field_name) == (str(held_out), 3, "image")
+    check_data(parse_config(ClipConfig, [*argv, "--on_bad_sample", "skip"]))  # reported, counted by the run
+
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    clips = tmp_path / "clips.json"
+    clips.write_text(json.dumps([{"audio": "a.wav", "label": 1}, {"audio": "b.wav", "label": 2}]))
+    argv = ["--data_path", str(clips), "--eval_data_path", str(clips)]
+    with pytest.raises(BadSampleError, match=r"clips.json, record 1, field 'audio'.*not found"):
+        check_data(parse_config(Wav2Vec2PretrainConfig, argv))

@@ -12,11 +12,6 @@ from dataclasses import dataclass
 
 from vlmkit.config.checks import _f
 
-__all__ = [
-    "DataArgs", "EvalArgs", "HubArgs", "LoraArgs", "ModelArgs", "OptimArgs", "PackingArgs", "RunArgs",
-    "TokenizeArgs", "_f",
-]  # fmt: skip
-
 ON_BAD_SAMPLE = ("error", "skip")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "all", "none")
 LR_SCHEDULES = ("cosine", "linear", "constant")

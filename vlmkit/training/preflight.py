@@ -3,21 +3,24 @@
 A run that trains for hours and then dies in evaluation on a missing held-out image wastes the whole budget.
 `preflight(cfg)` fails in seconds instead, with the same located errors the run would have raised later:
 - data: the training and held-out files are read the way the recipe reads them (records, roles, media
-  placeholders, media files present and inside their root). With `on_bad_sample: error` the first bad record
-  stops the run here; with `skip` the bad records are only reported here and counted when the run reads them;
+  placeholders, media files present and inside their root; for the stage-0 encoder recipes, each record's
+  media file). With `on_bad_sample: error` the first bad record stops the run here; with `skip` the bad
+  records are only reported here and counted when the run reads them;
 - models: every model path that is meant as a local directory or file exists;
 - output: `output_dir` is (or can be made) a writable directory.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 
-from vlmkit.data.embedded import resolve_data_path
+from vlmkit.data.embedded import media_root, resolve_data_path
 from vlmkit.data.loading import held_out_paths, read_samples
-from vlmkit.data.records import SkipCounter
+from vlmkit.data.media import resolve_media_item
+from vlmkit.data.records import BadSampleError, SkipCounter
 
 logger = logging.getLogger(__name__)
 
@@ -87,17 +90,49 @@ def _data_files(cfg) -> list[tuple[str, str | None]]:
 def check_data(cfg) -> None:
     """Read every data file as the run will; bad records raise here (error mode) or are reported (skip mode).
 
-    Configs without `data_format` (the stage-0 encoder recipes) read their own record formats: for them the
-    data files must exist."""
-    if not hasattr(cfg, "data_format"):
-        for path in [cfg.data_path, *held_out_paths(cfg)]:
-            resolved = resolve_data_path(path)
-            if path and not Path(resolved).is_file():
-                raise PreflightError(f"data file not found: {path}")
-        return
+    Recipes with `data_format` read conversations, preference or prompt rows (`read_samples`); the stage-0
+    encoder recipes read `{image|audio, ...}` records, whose media files are checked here."""
     for path, fmt in _data_files(cfg):
         skips = SkipCounter()  # the run counts its skips itself when it reads the data
-        read_samples(cfg, path, skips, format=fmt)
+        if hasattr(cfg, "data_format"):
+            read_samples(cfg, path, skips, format=fmt)
+        else:
+            _check_media_records(cfg, path, skips)
         if skips.total:
             logger.warning("pre-flight: %s has %d bad records, which the run will skip: %s",
                            path, skips.total, skips.as_dict())  # fmt: skip
+
+
+def _check_media_records(cfg, path: str, skips: SkipCounter) -> None:
+    """Stage-0 records (a JSON list or JSON lines of `{image: ...}` or `{audio: ...}`): each media file exists."""
+    key, folder = ("image", cfg.image_folder) if hasattr(cfg, "image_folder") else ("audio", cfg.audio_folder)
+    if path != cfg.data_path and path in held_out_paths(cfg):
+        folder = getattr(cfg, f"eval_{key}_folder", None) or folder
+    resolved = resolve_data_path(path)
+    if not Path(resolved).is_file():
+        raise PreflightError(f"data file not found: {path}")
+    text = Path(resolved).read_text(encoding="utf-8")
+    try:
+        rows = json.loads(text) if not resolved.endswith(".jsonl") else None
+    except json.JSONDecodeError:
+        rows = None
+    if rows is None:
+        try:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as err:
+            raise PreflightError(f"{resolved}: neither a JSON list nor JSON lines ({err})") from err
+    if not isinstance(rows, list) or not rows:
+        raise PreflightError(f"{resolved}: expected a non-empty JSON list of {{{key}, ...}} records")
+    root = media_root(path, folder) or str(Path(resolved).resolve().parent)
+    for i, row in enumerate(rows):
+        try:
+            if not isinstance(row, dict) or key not in row:
+                raise BadSampleError(resolved, i, key, f"missing field: every record needs an '{key}'")
+            resolve_media_item(
+                row[key], root, allow_outside_root=cfg.allow_outside_media_root,
+                source=resolved, index=i, field_name=key,
+            )  # fmt: skip
+        except BadSampleError as err:
+            if cfg.on_bad_sample == "error":
+                raise
+            skips.add(err)
