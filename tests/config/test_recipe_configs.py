@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,7 @@ def test_every_pipeline_stage_parses_with_its_recipe(name, tmp_path, monkeypatch
 # Flags a recipe would silently ignore (it never reads them) must be unknown to its config.
 IGNORED = {
     PPOConfig: ["packing", "group_by_length", "feature_cache_dir", "packing_max_tokens", "max_length",
-                "truncation", "tune_encoder", "build_embedded_data"],
+                "truncation", "tune_encoder", "build_embedded_data", "num_train_epochs"],
     DPOConfig: ["packing", "group_by_length", "feature_cache_dir", "packing_max_tokens"],
     RewardModelConfig: ["packing", "group_by_length", "feature_cache_dir", "max_new_tokens", "eval_generation"],
     Stage1Config: ["max_eval_samples", "max_new_tokens", "tune_encoder", "use_lora", "eval_generation"],
@@ -105,3 +106,11 @@ def test_every_field_is_read_somewhere(cls):
         f.name for f in dataclasses.fields(cls) if not _source_reads(f.name) and f.name != "num_mini_batches"
     ]
     assert not unread, f"{cls.__name__} accepts fields nothing reads: {unread}"
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPE_CONFIGS))
+def test_every_field_a_recipe_reads_is_in_its_config(recipe):
+    cls = RECIPE_CONFIGS[recipe]
+    read = set(re.findall(r"\bcfg\.(\w+)", (ROOT / "recipes" / f"{recipe}.py").read_text()))
+    missing = sorted(name for name in read if not hasattr(cls, name) and name not in cls.__dataclass_fields__)
+    assert not missing, f"recipes/{recipe}.py reads fields its config lacks: {missing}"

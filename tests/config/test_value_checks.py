@@ -45,6 +45,7 @@ PPO_REWARD = ["--reward_function", "vlmkit.rlhf.rewards:digit_match"]
         (PPOConfig, [*PPO_REWARD, "--value_model", "critic"], "value_model", "one of: policy_head"),
         (PPOConfig, [*PPO_REWARD, "--learning_rate", "-1"], "learning_rate", ">= 0"),  # an overridden default
         (PPOConfig, [*PPO_REWARD, "--num_mini_batches", "0"], "num_mini_batches", ">= 1"),
+        (PPOConfig, [*PPO_REWARD, "--max_steps", "-1"], "max_steps", ">= 1;"),  # PPO has no epochs
         (MaeConfig, ["--mask_ratio", "1"], "mask_ratio", "< 1"),
         (Wav2Vec2PretrainConfig, ["--mask_prob", "1.2"], "mask_prob", "<= 1"),
         (
@@ -90,7 +91,8 @@ def test_valid_edge_values_pass(argv):
 
 def test_a_recipe_that_changes_a_default_keeps_the_group_rules():
     assert field_rules(PPOConfig, "learning_rate") == field_rules(groups.OptimArgs, "learning_rate")
-    assert field_rules(PPOConfig, "max_steps") == {"ge": 1, "also": (-1,)}
+    assert field_rules(Stage2Config, "max_steps") == {"ge": 1, "also": (-1,)}
+    assert field_rules(PPOConfig, "max_steps") == {"ge": 1}  # declared with rules of its own: they replace
 
 
 def test_choices_match_the_registries_they_stand_for():

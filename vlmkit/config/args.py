@@ -1,7 +1,7 @@
 """Argument groups shared by the recipes.
 
 A recipe's config is a dataclass that inherits exactly the groups it reads, TRL-style (run, optimisation,
-model, data, tokenization, packing, evaluation, LoRA, Hub) plus its own fields, so a flag that the recipe would
+epochs, model, data, tokenization, packing, evaluation, LoRA, Hub) plus its own fields, so a flag that the recipe would
 ignore is rejected like any unknown key. Fields declare their valid values (`choices`) or range (`ge`, `gt`,
 ...), checked when the config is parsed (`vlmkit.config.checks`).
 """
@@ -32,7 +32,6 @@ class RunArgs:
     )
     seed: int = _f(42, "Random seed for initialisation, data order and sampling.", ge=0)
     max_steps: int = _f(-1, "Optimizer steps to run; -1 means use num_train_epochs.", ge=1, also=(-1,))
-    num_train_epochs: float = _f(1.0, "Epochs over the training data when max_steps is -1.", gt=0)
     resume_from_checkpoint: str | None = _f(None, "A checkpoint directory, or 'latest' for the newest one.")
     save_steps: int = _f(0, "Save an atomic checkpoint every N optimizer steps (0: only at the end).", ge=0)
     save_total_limit: int = _f(
@@ -49,6 +48,13 @@ class RunArgs:
     )  # fmt: skip
     max_bad_steps: int = _f(5, "Stop after this many consecutive non-finite losses or gradients.", ge=1)
     trust_remote_code: bool = _f(False, "Allow model code from the Hub. Off unless you trust the repository.")
+
+
+@dataclass
+class EpochArgs:
+    """Training length in passes over the data (recipes whose loop walks a dataset)."""
+
+    num_train_epochs: float = _f(1.0, "Epochs over the training data when max_steps is -1.", gt=0)
 
 
 @dataclass

@@ -65,14 +65,15 @@ def field_problem(name: str, value: Any, metadata: dict) -> str | None:
 
 
 def field_rules(cls: type, name: str) -> dict:
-    """The rules of field `name` of the dataclass `cls`. A recipe that only changes a group's default (PPO's
-    learning_rate) keeps the group's rules: rules declared anywhere up the class hierarchy apply."""
-    rules: dict = {}
-    for base in reversed(cls.__mro__):
-        declared = getattr(base, "__dataclass_fields__", {}).get(name)
-        if declared is not None and name in vars(base).get("__annotations__", {}):
-            rules.update({k: v for k, v in declared.metadata.items() if k != "help"})
-    return rules
+    """The rules of field `name` of the dataclass `cls`: those of the nearest class up the hierarchy that
+    declares the field with rules. A recipe that only changes a group's default (PPO's learning_rate) keeps
+    the group's rules; one that declares rules of its own (PPO's max_steps) replaces them."""
+    for base in cls.__mro__:
+        if name in vars(base).get("__annotations__", {}):
+            rules = {k: v for k, v in base.__dataclass_fields__[name].metadata.items() if k != "help"}
+            if rules:
+                return rules
+    return {}
 
 
 def check_values(cfg: Any) -> None:

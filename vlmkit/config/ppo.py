@@ -90,7 +90,7 @@ class PPOConfig(HubArgs, LoraArgs, EvalArgs, DataArgs, ModelArgs, OptimArgs, Run
     learning_rate: float = _f(1e-5, "Peak learning rate of the policy.")
     lr_scheduler_type: str = _f("constant", "cosine, linear or constant (each after warm-up).")
     warmup_ratio: float = _f(0.0, "Fraction of PPO steps for linear warm-up.")
-    max_steps: int = _f(100, "PPO steps (one rollout batch + its updates each).")
+    max_steps: int = _f(100, "PPO steps (one rollout batch + its updates each).", ge=1)
     logging_steps: int = _f(1, "Log every N PPO steps.")
     max_eval_samples: int = _f(0, "Evaluate on at most this many held-out prompts (0: all).")
     data_format: str = _f(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from vlmkit.config.args import (
     TUNE_ENCODER_HELP,
     DataArgs,
+    EpochArgs,
     EvalArgs,
     HubArgs,
     LoraArgs,
@@ -20,7 +21,7 @@ from vlmkit.config.args import (
 
 
 @dataclass
-class Stage1Config(HubArgs, PackingArgs, TokenizeArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
+class Stage1Config(HubArgs, PackingArgs, TokenizeArgs, DataArgs, ModelArgs, OptimArgs, EpochArgs, RunArgs):
     """Stage 1 (align): encoder and LLM frozen, the connector learns from captions."""
 
     learning_rate: float = _f(1e-3, "Peak learning rate of the connector.", ge=0)
@@ -28,7 +29,7 @@ class Stage1Config(HubArgs, PackingArgs, TokenizeArgs, DataArgs, ModelArgs, Opti
 
 @dataclass
 class Stage2Config(
-    HubArgs, LoraArgs, EvalArgs, PackingArgs, TokenizeArgs, DataArgs, ModelArgs, OptimArgs, RunArgs
+    HubArgs, LoraArgs, EvalArgs, PackingArgs, TokenizeArgs, DataArgs, ModelArgs, OptimArgs, EpochArgs, RunArgs
 ):
     """Stage 2 (instruct): connector + LLM (full or LoRA/QLoRA) on conversations."""
 

@@ -8,6 +8,7 @@ from vlmkit.config.args import (
     DATA_FORMATS,
     TUNE_ENCODER_HELP,
     DataArgs,
+    EpochArgs,
     EvalArgs,
     HubArgs,
     LoraArgs,
@@ -22,7 +23,9 @@ PREFERENCE_HELP = "Preference rows: prompt, chosen, rejected, images/audios."
 
 
 @dataclass
-class RewardModelConfig(HubArgs, LoraArgs, EvalArgs, TokenizeArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
+class RewardModelConfig(
+    HubArgs, LoraArgs, EvalArgs, TokenizeArgs, DataArgs, ModelArgs, OptimArgs, EpochArgs, RunArgs
+):
     """Stage 3: a stage-2 VLM + a scalar head trained on preference pairs (Bradley-Terry)."""
 
     data_format: str = _f("preference", PREFERENCE_HELP, choices=DATA_FORMATS)
@@ -38,7 +41,9 @@ class RewardModelConfig(HubArgs, LoraArgs, EvalArgs, TokenizeArgs, DataArgs, Mod
 
 
 @dataclass
-class DPOConfig(HubArgs, LoraArgs, EvalArgs, TokenizeArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
+class DPOConfig(
+    HubArgs, LoraArgs, EvalArgs, TokenizeArgs, DataArgs, ModelArgs, OptimArgs, EpochArgs, RunArgs
+):
     """DPO: preference optimisation of a stage-2 policy against its frozen starting point."""
 
     data_format: str = _f("preference", PREFERENCE_HELP, choices=DATA_FORMATS)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlmkit.config.args import HubArgs, OptimArgs, RunArgs, _f
+from vlmkit.config.args import EpochArgs, HubArgs, OptimArgs, RunArgs, _f
 
 
 @dataclass
-class Wav2Vec2PretrainConfig(HubArgs, OptimArgs, RunArgs):
+class Wav2Vec2PretrainConfig(HubArgs, OptimArgs, EpochArgs, RunArgs):
     """wav2vec 2.0: span-masked latent frames, contrastive task over Gumbel-quantized targets."""
 
     # ---- model ----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlmkit.config.args import ATTN_IMPLEMENTATIONS, HubArgs, OptimArgs, RunArgs, _f
+from vlmkit.config.args import ATTN_IMPLEMENTATIONS, EpochArgs, HubArgs, OptimArgs, RunArgs, _f
 
 
 @dataclass
@@ -37,7 +37,7 @@ class EncoderArgs:
 
 
 @dataclass
-class ClipConfig(HubArgs, ImageDataArgs, EncoderArgs, OptimArgs, RunArgs):
+class ClipConfig(HubArgs, ImageDataArgs, EncoderArgs, OptimArgs, EpochArgs, RunArgs):
     """Stage 0 CLIP: ViT image tower + transformer text tower, symmetric InfoNCE over the global batch."""
 
     attn_implementation: str = _f(
@@ -74,7 +74,7 @@ class ClipConfig(HubArgs, ImageDataArgs, EncoderArgs, OptimArgs, RunArgs):
 
 
 @dataclass
-class MaeConfig(HubArgs, ImageDataArgs, EncoderArgs, OptimArgs, RunArgs):
+class MaeConfig(HubArgs, ImageDataArgs, EncoderArgs, OptimArgs, EpochArgs, RunArgs):
     """Stage 0 MAE: a ViT encoder on the visible patches, a light decoder reconstructs the masked ones."""
 
     patch_size: int = _f(4, "ViT patch side in pixels (new models).")
