@@ -146,3 +146,37 @@ def test_stage0_records_have_their_media_checked(digits_data, tmp_path):
     argv = ["--data_path", str(clips), "--eval_data_path", str(clips)]
     with pytest.raises(BadSampleError, match=r"clips.json, record 1, field 'audio'.*not found"):
         check_data(parse_config(Wav2Vec2PretrainConfig, argv))
+
+
+QUICK_RUN = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none"]
+
+
+@pytest.mark.slow
+def test_shipped_config_with_a_users_data_and_image_folder_trains_and_evaluates(
+    recipe, digits_data, tmp_path
+):
+    """The reported case: --data_path my.json --image_folder my_images with the digits config used to train,
+    then die in evaluation on the config's embedded held-out file. Now it finishes with its metrics."""
+    data, images, _ = _user_data(digits_data, tmp_path)
+    out = tmp_path / "run"
+    metrics = recipe("llava_stage2").main(
+        ["--config", STAGE2_YAML, *FROM_PARTS, "--data_path", data, "--image_folder", images,
+         "--output_dir", str(out), "--max_eval_samples", "8", *QUICK_RUN]
+    )  # fmt: skip
+    assert "eval_accuracy" in metrics and "eval_loss" in metrics and (out / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_bad_eval_records_are_counted_once_in_skip_mode(recipe, digits_data, tmp_path):
+    data, images, rows = _user_data(digits_data, tmp_path)
+    rows[1]["image"] = "images/train/0/missing.png"
+    held_out = tmp_path / "held_out.json"
+    held_out.write_text(json.dumps(rows))
+    out = tmp_path / "run"
+    metrics = recipe("llava_stage2").main(
+        ["--config", STAGE2_YAML, *FROM_PARTS, "--data_path", data, "--image_folder", images,
+         "--eval_data_path", str(held_out), "--eval_image_folder", images, "--on_bad_sample", "skip",
+         "--output_dir", str(out), *QUICK_RUN]
+    )  # fmt: skip
+    assert metrics["skipped_samples"] == 1 and "eval_loss" in metrics
+    assert json.loads((out / "skipped.json").read_text()) == {"media file not found": 1}

@@ -110,7 +110,10 @@ def resolve_media_item(
             field_name=field_name,
         )
         if check_files and not os.path.isfile(path):
-            reason = f"media file not found: {path}; check the path and image_folder/audio_folder"
+            reason = (
+                f"media file not found: {path}; check the path and --image_folder/--audio_folder "
+                "(--eval_image_folder/--eval_audio_folder for held-out data)"
+            )
             raise BadSampleError(source, index, field_name, reason)
         return path
     if isinstance(item, Image.Image) or hasattr(item, "shape"):
