@@ -8,7 +8,11 @@ import dataclasses
 import re
 from pathlib import Path
 
-from test_recipe_configs import RECIPE_CONFIGS
+from vlmkit.config.ppo import PPOConfig
+from vlmkit.config.recipes import Stage1Config, Stage2Config
+from vlmkit.config.rlhf import DPOConfig, RewardModelConfig
+from vlmkit.config.ssl_audio import Wav2Vec2PretrainConfig
+from vlmkit.config.ssl_image import ClipConfig, MaeConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9_]*)")
@@ -33,7 +37,9 @@ def _known_flags() -> set[str]:
     from vlmkit.cli import build_parser
 
     known = {"config", *EXTERNAL}
-    for cls in RECIPE_CONFIGS.values():
+    recipe_configs = (ClipConfig, MaeConfig, Wav2Vec2PretrainConfig, Stage1Config, Stage2Config,
+                      RewardModelConfig, DPOConfig, PPOConfig)  # fmt: skip
+    for cls in recipe_configs:
         known |= {f.name for f in dataclasses.fields(cls)} | set(getattr(cls, "ALIASES", {}))
     parsers = [build_parser(), launch_command_parser()]
     while parsers:

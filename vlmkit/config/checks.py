@@ -24,7 +24,7 @@ def _f(default, help_text: str, **rules: Any):
 
 
 def describe_rule(metadata: dict) -> str | None:
-    """What a field accepts, in words ("one of: a, b", "a number >= 0 and <= 1"), or None if anything goes."""
+    """What a field accepts, in words ("one of: a, b", "a value >= 0 and <= 1"), or None if anything goes."""
     if "choices" in metadata:
         return "one of: " + ", ".join(str(c) for c in metadata["choices"])
     bounds = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
