@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
 def evaluate(cfg: ClipConfig, clip, tokenizer, image_processor, skips: SkipCounter) -> dict:
     """Zero-shot classification (unseen templates) and retrieval on the held-out records."""
     records = read_image_records(
-        cfg.eval_data_path, cfg.image_folder, need_caption=True, need_label=cfg.zero_shot_templates is not None,
-        allow_outside_root=cfg.allow_outside_media_root, on_bad_sample=cfg.on_bad_sample, skips=skips,
+        cfg.eval_data_path, cfg.eval_image_folder or cfg.image_folder, need_caption=True,
+        need_label=cfg.zero_shot_templates is not None, allow_outside_root=cfg.allow_outside_media_root, on_bad_sample=cfg.on_bad_sample, skips=skips,
     )  # fmt: skip
     records = subsample(records, cfg.max_eval_samples, cfg.seed)
     dataset = ImageRecordDataset(records, image_processor, on_bad_sample=cfg.on_bad_sample, skips=skips)

@@ -102,8 +102,8 @@ def _pixels_and_labels(dataset: ImageRecordDataset) -> tuple[torch.Tensor, torch
 def evaluate(cfg: MaeConfig, out, train_set: ImageRecordDataset, image_processor, skips: SkipCounter) -> dict:
     """Linear probe on the saved encoder (loaded as stage 1 loads it) and on a random-init one."""
     records = read_image_records(
-        cfg.eval_data_path, cfg.image_folder, need_label=True, allow_outside_root=cfg.allow_outside_media_root,
-        on_bad_sample=cfg.on_bad_sample, skips=skips,
+        cfg.eval_data_path, cfg.eval_image_folder or cfg.image_folder, need_label=True,
+        allow_outside_root=cfg.allow_outside_media_root, on_bad_sample=cfg.on_bad_sample, skips=skips,
     )  # fmt: skip
     records = subsample(records, cfg.max_eval_samples, cfg.seed)
     eval_set = ImageRecordDataset(records, image_processor, on_bad_sample=cfg.on_bad_sample, skips=skips)

@@ -167,7 +167,7 @@ def test_max_pixels_checked_before_decode(tmp_path, monkeypatch):
 def test_path_escape_with_dotdot_refused(tmp_path):
     root = tmp_path / "images"
     root.mkdir()
-    with pytest.raises(BadSampleError, match="allow_outside_root") as exc:
+    with pytest.raises(BadSampleError, match="--allow_outside_media_root true") as exc:
         resolve_media_path("../secret.png", str(root), allow_outside_root=False, field_name="image", **LOC)
     assert "record 3" in str(exc.value) and "'image'" in str(exc.value)
     ok = resolve_media_path("../secret.png", str(root), allow_outside_root=True, field_name="image", **LOC)

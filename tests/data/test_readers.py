@@ -330,7 +330,7 @@ def test_placeholder_count_mismatch_names_record(tmp_path, media, text, images, 
 def test_media_path_escape_and_missing_file(tmp_path, media):
     (tmp_path / "secret.png").write_bytes(b"x")
     escape = [_llava([("human", "<image>"), ("gpt", "a")], "../secret.png")]
-    with pytest.raises(BadSampleError, match="allow_outside_root") as exc:
+    with pytest.raises(BadSampleError, match="--allow_outside_media_root true") as exc:
         read_dataset(_write(tmp_path / "d.json", escape), str(media), format="llava")
     assert exc.value.field_name == "images[0]"
     (ok,) = read_dataset(

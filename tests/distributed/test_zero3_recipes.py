@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import wave
 from pathlib import Path
 
@@ -15,9 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from launching import assert_sharded, load_saved_vlm, losses, metrics, run_recipe, vlm_logits  # noqa: E402
+from tests.helpers.launching import assert_sharded, load_saved_vlm, losses, metrics, run_recipe, vlm_logits
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("deepspeed_ops")]
 CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"

@@ -8,11 +8,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlmkit.config.args import DataArgs, HubArgs, LoraArgs, ModelArgs, OptimArgs, RunArgs, _f
+from vlmkit.config.args import (
+    DATA_FORMATS,
+    DataArgs,
+    EvalArgs,
+    HubArgs,
+    LoraArgs,
+    ModelArgs,
+    OptimArgs,
+    RunArgs,
+    _f,
+)
+
+SCALE_REWARDS = ("group", "batch", "none")  # vlmkit.rlhf.grpo_math's (a test keeps them equal)
+BASELINES = ("mean", "rloo")
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+ON_BAD_REWARD = ("error", "skip")
 
 
 @dataclass
-class GRPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
+class GRPOConfig(HubArgs, LoraArgs, EvalArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
     """Stage 4 (RL): GRPO / Dr. GRPO / DAPO / RLOO on prompts with verifiable and/or learned rewards.
 
     One GRPO step samples `num_generations` completions for each of rollout_batch_size / num_generations
@@ -41,17 +56,24 @@ class GRPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
         "error",
         "A reward that raises or is not finite for a sample: error (naming reward and sample) or skip "
         "(score 0, counted as bad_reward_<name> in the log).",
+        choices=ON_BAD_REWARD,
     )
     # ---- sampling ----
-    num_generations: int = _f(8, "Completions sampled per prompt (the group size G).")
+    num_generations: int = _f(8, "Completions sampled per prompt (the group size G).", ge=2)
     max_new_tokens: int = _f(
-        8, "Tokens generated per completion, in rollouts and evaluation (alias: --max_completion_length)."
+        8,
+        "Tokens generated per completion, in rollouts and evaluation (alias: --max_completion_length).",
+        ge=1,
     )
-    temperature: float = _f(1.0, "Sampling temperature of rollouts (the log-probs use the same temperature).")
-    top_p: float = _f(1.0, "Nucleus sampling of rollouts (1.0: off).")
+    temperature: float = _f(
+        1.0, "Sampling temperature of rollouts (the log-probs use the same temperature).", gt=0
+    )
+    top_p: float = _f(1.0, "Nucleus sampling of rollouts (1.0: off).", gt=0, le=1)
     # ---- objective ----
     scale_rewards: str = _f(
-        "group", "Divide advantages by the group's reward std (group), the batch's (batch), or not (none)."
+        "group",
+        "Divide advantages by the group's reward std (group), the batch's (batch), or not (none).",
+        choices=SCALE_REWARDS,
     )
     advantage_baseline: str = _f(
         "mean",
@@ -61,26 +83,31 @@ class GRPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
         "dapo",
         "grpo (mean over each completion's tokens, then completions), dr_grpo (token sum / (completions x "
         "max_new_tokens)) or dapo (token sum / tokens in the step).",
+        choices=LOSS_TYPES,
     )
-    epsilon: float = _f(0.2, "Lower clip range of the probability ratio (1 - epsilon).")
+    epsilon: float = _f(0.2, "Lower clip range of the probability ratio (1 - epsilon).", gt=0, lt=1)
     epsilon_high: float | None = _f(
         None, "Upper clip range (1 + epsilon_high); clip-higher (DAPO) when > epsilon."
     )
     beta: float = _f(
         0.04, "Weight of the k3 KL to the reference policy in the loss; 0 loads no reference model."
     )
-    num_iterations: int = _f(1, "Passes over each generated batch (mu in the GRPO paper).")
+    num_iterations: int = _f(1, "Passes over each generated batch (mu in the GRPO paper).", ge=1)
     steps_per_generation: int = _f(
-        1, "Optimizer steps per pass over a generated batch (its mini-batches of per_device x accumulation)."
+        1,
+        "Optimizer steps per pass over a generated batch (its mini-batches of per_device x accumulation).",
+        ge=1,
     )
     # ---- overridden defaults ----
     learning_rate: float = _f(1e-5, "Peak learning rate of the policy.")
     lr_scheduler_type: str = _f("constant", "cosine, linear or constant (each after warm-up).")
     warmup_ratio: float = _f(0.0, "Fraction of GRPO steps for linear warm-up.")
-    max_steps: int = _f(100, "GRPO steps (one generated batch + its num_iterations updates each).")
+    max_steps: int = _f(100, "GRPO steps (one generated batch + its num_iterations updates each).", ge=1)
     logging_steps: int = _f(1, "Log every N GRPO steps.")
     max_eval_samples: int = _f(0, "Evaluate on at most this many held-out prompts (0: all).")
-    data_format: str = _f("prompts", "Prompt rows for RL: prompt, images/audios and an optional answer.")
+    data_format: str = _f(
+        "prompts", "Prompt rows for RL: prompt, images/audios and an optional answer.", choices=DATA_FORMATS
+    )
 
     @property
     def rollout_batch_size(self) -> int:
@@ -98,20 +125,6 @@ class GRPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
         ]  # "none" clears a config's list
         if self.reward_model_name_or_path is None and not self.reward_funcs:
             raise ValueError("give a reward: --reward_model_name_or_path and/or --reward_funcs")
-        choices = {
-            "scale_rewards": ("group", "batch", "none"), "advantage_baseline": ("mean", "rloo"),
-            "loss_type": ("grpo", "dr_grpo", "dapo"), "on_bad_reward": ("error", "skip"),
-        }  # fmt: skip
-        for name, valid in choices.items():
-            if getattr(self, name) not in valid:
-                raise ValueError(f"{name} must be one of {', '.join(valid)}; got '{getattr(self, name)}'")
-        for name in ("num_generations", "num_iterations", "steps_per_generation", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_generations < 2:
-            raise ValueError(
-                "num_generations must be >= 2: advantages compare completions of the same prompt"
-            )
         if self.rollout_batch_size % self.num_generations:
             raise ValueError(
                 f"per_device_train_batch_size x gradient_accumulation_steps x steps_per_generation = "
@@ -120,8 +133,3 @@ class GRPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
             )
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
             raise ValueError(f"epsilon_high ({self.epsilon_high}) must be >= epsilon ({self.epsilon})")
-        if self.beta < 0 or self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ValueError(
-                f"need beta >= 0, temperature > 0 and 0 < top_p <= 1; got {self.beta}, {self.temperature}, "
-                f"{self.top_p}"
-            )

@@ -1,4 +1,4 @@
-"""Typed dataclass configs: `--config file.yaml` plus `--key value` overrides.
+"""Typed dataclass configs: `--config file.yaml` plus `--<field> value` overrides.
 
 Every field carries a help string in `field(metadata={"help": ...})`. Unknown keys, in the YAML file or on
 the command line, are rejected with the list of valid names. The resolved config is written next to every
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from vlmkit.config.checks import check_values
 
 C = TypeVar("C")
 
@@ -96,7 +98,7 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 
 def config_from_dict(cls: type[C], values: dict[str, Any], where: str = "config") -> C:
-    """Build `cls` from a mapping, rejecting unknown keys and wrong types."""
+    """Build `cls` from a mapping, rejecting unknown keys, wrong types and values outside a field's rules."""
     types_by_name = _field_types(cls)
     aliases: dict[str, str] = getattr(cls, "ALIASES", {})
     kwargs = {}
@@ -106,9 +108,11 @@ def config_from_dict(cls: type[C], values: dict[str, Any], where: str = "config"
             raise ConfigError(_unknown_key_message(key, list(types_by_name), where))
         kwargs[name] = _coerce(value, types_by_name[name], f"{where}: field '{name}'")
     try:
-        return cls(**kwargs)
+        cfg = cls(**kwargs)
+        check_values(cfg)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from None
+    return cfg
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -151,7 +155,7 @@ def _build_argparser(cls: type, prog: str | None, description: str | None) -> ar
 def parse_config(
     cls: type[C], argv: list[str] | None = None, *, prog: str | None = None, description: str | None = None
 ) -> C:
-    """Parse `--config file.yaml` and `--field value` overrides into a `cls` instance.
+    """Parse `--config file.yaml` and `--<field> value` overrides into a `cls` instance.
 
     Precedence: dataclass defaults < YAML file < command line.
     """

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlmkit.config.args import DataArgs, HubArgs, LoraArgs, ModelArgs, OptimArgs, RunArgs, _f
+from vlmkit.config.args import (
+    DATA_FORMATS,
+    DataArgs,
+    EvalArgs,
+    HubArgs,
+    LoraArgs,
+    ModelArgs,
+    OptimArgs,
+    RunArgs,
+    _f,
+)
 
 VALUE_MODELS = ("policy_head", "reward_model")
+ON_BAD_REWARD = ("error", "skip")
+KL_ESTIMATORS = ("k1", "k2", "k3")  # vlmkit.rlhf.kl.KL_ESTIMATORS (a test keeps them equal)
+KL_CONTROLLERS = ("fixed", "adaptive")
 
 
 @dataclass
-class PPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
+class PPOConfig(HubArgs, LoraArgs, EvalArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
     """Stage 4 (RLHF): PPO with a per-token KL penalty against the frozen starting policy.
 
     One PPO step samples `rollout_batch_size` = per_device_train_batch_size x gradient_accumulation_steps x
@@ -35,38 +48,52 @@ class PPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
         "error",
         "A reward that raises or is not finite for a sample: error (naming reward and sample) or skip "
         "(score 0, counted as bad_reward_<name> in the log).",
+        choices=ON_BAD_REWARD,
     )
     missing_eos_penalty: float = _f(
-        0.0, "Subtracted from the score of responses that never emit EOS (0: off)."
+        0.0, "Subtracted from the score of responses that never emit EOS (0: off).", ge=0
     )
     # ---- value model ----
     value_model: str = _f(
         "policy_head",
         "policy_head: a value head on the policy's last hidden state (shared backbone); reward_model: a separate "
         "critic initialised from the reward model (or --value_model_name_or_path).",
+        choices=VALUE_MODELS,
     )
     value_model_name_or_path: str | None = _f(
         None, "Critic initialisation for value_model=reward_model (default: the reward model)."
     )
-    value_learning_rate: float | None = _f(None, "Learning rate of the value model (default: learning_rate).")
-    vf_coef: float = _f(0.1, "Weight of the value loss in the total loss.")
+    value_learning_rate: float | None = _f(
+        None, "Learning rate of the value model (default: learning_rate).", ge=0
+    )
+    vf_coef: float = _f(0.1, "Weight of the value loss in the total loss.", ge=0)
     # ---- rollouts ----
-    max_new_tokens: int = _f(8, "Tokens generated per response, in rollouts and evaluation.")
-    temperature: float = _f(1.0, "Sampling temperature of rollouts (the log-probs use the same temperature).")
-    top_p: float = _f(1.0, "Nucleus sampling of rollouts (1.0: off).")
+    max_new_tokens: int = _f(8, "Tokens generated per response, in rollouts and evaluation.", ge=1)
+    temperature: float = _f(
+        1.0, "Sampling temperature of rollouts (the log-probs use the same temperature).", gt=0
+    )
+    top_p: float = _f(1.0, "Nucleus sampling of rollouts (1.0: off).", gt=0, le=1)
     # ---- KL penalty ----
-    kl_estimator: str = _f("k1", "Per-token KL estimator in the reward: k1 (log-ratio) or k3 (always >= 0).")
-    kl_controller: str = _f("adaptive", "fixed or adaptive (Ziegler et al. 2019) KL coefficient.")
-    init_kl_coef: float = _f(0.05, "Initial (fixed: constant) KL coefficient; 0 disables the penalty.")
-    kl_target: float = _f(6.0, "Adaptive controller: target KL per response (summed over its tokens).")
-    kl_horizon: int = _f(10000, "Adaptive controller: horizon in responses.")
+    kl_estimator: str = _f(
+        "k1",
+        "Per-token KL estimator in the reward: k1 (log-ratio), k2 or k3 (always >= 0).",
+        choices=KL_ESTIMATORS,
+    )
+    kl_controller: str = _f(
+        "adaptive", "fixed or adaptive (Ziegler et al. 2019) KL coefficient.", choices=KL_CONTROLLERS
+    )
+    init_kl_coef: float = _f(0.05, "Initial (fixed: constant) KL coefficient; 0 disables the penalty.", ge=0)
+    kl_target: float = _f(6.0, "Adaptive controller: target KL per response (summed over its tokens).", gt=0)
+    kl_horizon: int = _f(10000, "Adaptive controller: horizon in responses.", ge=1)
     # ---- PPO update ----
-    num_ppo_epochs: int = _f(4, "Passes over each rollout batch.")
-    num_mini_batches: int = _f(1, "Optimizer steps per pass over a rollout batch.")
-    cliprange: float = _f(0.2, "Policy ratio clip range (epsilon).")
-    cliprange_value: float = _f(0.2, "How far values may move from their rollout values before clipping.")
-    gamma: float = _f(1.0, "Discount factor of GAE.")
-    lam: float = _f(0.95, "Lambda of GAE.")
+    num_ppo_epochs: int = _f(4, "Passes over each rollout batch.", ge=1)
+    num_mini_batches: int = _f(1, "Optimizer steps per pass over a rollout batch.", ge=1)
+    cliprange: float = _f(0.2, "Policy ratio clip range (epsilon).", gt=0)
+    cliprange_value: float = _f(
+        0.2, "How far values may move from their rollout values before clipping.", gt=0
+    )
+    gamma: float = _f(1.0, "Discount factor of GAE.", ge=0, le=1)
+    lam: float = _f(0.95, "Lambda of GAE.", ge=0, le=1)
     whiten_advantages: bool = _f(
         True, "Normalise advantages to zero mean and unit variance per rollout batch."
     )
@@ -74,10 +101,12 @@ class PPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
     learning_rate: float = _f(1e-5, "Peak learning rate of the policy.")
     lr_scheduler_type: str = _f("constant", "cosine, linear or constant (each after warm-up).")
     warmup_ratio: float = _f(0.0, "Fraction of PPO steps for linear warm-up.")
-    max_steps: int = _f(100, "PPO steps (one rollout batch + its updates each).")
+    max_steps: int = _f(100, "PPO steps (one rollout batch + its updates each).", ge=1)
     logging_steps: int = _f(1, "Log every N PPO steps.")
     max_eval_samples: int = _f(0, "Evaluate on at most this many held-out prompts (0: all).")
-    data_format: str = _f("prompts", "Prompt rows for RL: prompt, images/audios and an optional answer.")
+    data_format: str = _f(
+        "prompts", "Prompt rows for RL: prompt, images/audios and an optional answer.", choices=DATA_FORMATS
+    )
 
     @property
     def rollout_batch_size(self) -> int:
@@ -92,12 +121,6 @@ class PPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
         ]  # "none" clears a config's list
         if self.reward_model_name_or_path is None and not self.reward_funcs:
             raise ValueError("give a reward: --reward_model_name_or_path and/or --reward_funcs")
-        if self.on_bad_reward not in ("error", "skip"):
-            raise ValueError(f"on_bad_reward must be error or skip; got '{self.on_bad_reward}'")
-        if self.value_model not in VALUE_MODELS:
-            raise ValueError(
-                f"value_model must be one of {', '.join(VALUE_MODELS)}; got '{self.value_model}'"
-            )
         if self.value_model == "reward_model" and not (
             self.value_model_name_or_path or self.reward_model_name_or_path
         ):
@@ -105,8 +128,3 @@ class PPOConfig(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
                 "value_model=reward_model initialises the critic from a reward model: give "
                 "--reward_model_name_or_path or --value_model_name_or_path (or use value_model=policy_head)"
             )
-        for name in ("num_ppo_epochs", "num_mini_batches", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"need temperature > 0 and 0 < top_p <= 1; got {self.temperature}, {self.top_p}")

@@ -4,22 +4,38 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlmkit.config.args import DataArgs, HubArgs, LoraArgs, ModelArgs, OptimArgs, RunArgs, _f
+from vlmkit.config.args import (
+    TUNE_ENCODER_HELP,
+    DataArgs,
+    EpochArgs,
+    EvalArgs,
+    HubArgs,
+    LoraArgs,
+    ModelArgs,
+    OptimArgs,
+    PackingArgs,
+    RunArgs,
+    TokenizeArgs,
+    _f,
+)
 
 
 @dataclass
-class Stage1Config(HubArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
+class Stage1Config(HubArgs, PackingArgs, TokenizeArgs, DataArgs, ModelArgs, OptimArgs, EpochArgs, RunArgs):
     """Stage 1 (align): encoder and LLM frozen, the connector learns from captions."""
 
-    learning_rate: float = _f(1e-3, "Peak learning rate of the connector.")
-    max_eval_samples: int = _f(256, "Evaluate on at most this many held-out samples (0: all).")
+    learning_rate: float = _f(1e-3, "Peak learning rate of the connector.", ge=0)
 
 
 @dataclass
-class Stage2Config(HubArgs, LoraArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
+class Stage2Config(
+    HubArgs, LoraArgs, EvalArgs, PackingArgs, TokenizeArgs, DataArgs, ModelArgs, OptimArgs, EpochArgs, RunArgs
+):
     """Stage 2 (instruct): connector + LLM (full or LoRA/QLoRA) on conversations."""
 
+    tune_encoder: bool = _f(False, TUNE_ENCODER_HELP)
     connector_learning_rate: float | None = _f(
-        None, "Separate learning rate for the connector (default: same)."
+        None, "Separate learning rate for the connector (default: same).", ge=0
     )
     eval_generation: bool = _f(True, "Measure held-out answer accuracy with greedy generation at the end.")
+    max_new_tokens: int = _f(8, "Tokens generated per answer during evaluation.", ge=1)

@@ -48,3 +48,11 @@ def resolve_data_path(path: str | None) -> str | None:
         available = sorted(p.name for p in [*root.glob("*.json"), *root.glob("*.tsv")])
         raise FileNotFoundError(f"{path}: no such file in the embedded '{name}' data; available: {available}")
     return str(resolved)
+
+
+def media_root(path: str | None, folder: str | None) -> str | None:
+    """The root for relative media paths of data file `path`: `folder`, except for an embedded
+    `vlmkit-data/...` file, whose media always live beside it (a user's own --image_folder is not theirs)."""
+    if path and path.startswith(DATA_PREFIX):
+        return None  # the readers' default: the data file's own folder
+    return folder

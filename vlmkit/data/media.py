@@ -66,7 +66,7 @@ def resolve_media_path(
                 index,
                 field_name,
                 f"media path outside root: {rel!r} resolves to {real}, outside the media folder {real_root}; "
-                "fix the path or set allow_outside_root=True (data.allow_outside_root) if this is intended",
+                "fix the path, or pass --allow_outside_media_root true if this is intended",
             )
     return joined
 
@@ -110,7 +110,10 @@ def resolve_media_item(
             field_name=field_name,
         )
         if check_files and not os.path.isfile(path):
-            reason = f"media file not found: {path}; check the path and image_folder/audio_folder"
+            reason = (
+                f"media file not found: {path}; check the path and --image_folder/--audio_folder "
+                "(--eval_image_folder/--eval_audio_folder for held-out data)"
+            )
             raise BadSampleError(source, index, field_name, reason)
         return path
     if isinstance(item, Image.Image) or hasattr(item, "shape"):
@@ -145,7 +148,7 @@ def _check_pixels(img: Image.Image, max_pixels: int, where: tuple) -> None:
         raise BadSampleError(
             *where,
             f"image too large: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}; "
-            "resize the image or raise max_pixels",
+            "resize the image (the limit guards against decompression bombs)",
         )
 
 

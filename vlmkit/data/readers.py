@@ -211,6 +211,13 @@ def _check_turns(turns: list[Turn], ctx: _Ctx, field_name: str, *, need_assistan
             raise ctx.error(f"{field_name}[{j}]", "empty assistant turn: the answer text is empty")
     if not any(t.role == "user" for t in turns):
         raise ctx.error(field_name, "no user turn: the conversation needs at least one user (human) turn")
+    first = next(j for j, t in enumerate(turns) if t.role != "system")  # a user turn exists
+    if turns[first].role == "assistant":
+        raise ctx.error(
+            f"{field_name}[{first}]",
+            "assistant turn first: a conversation starts with a user (human) turn, after an optional system "
+            "turn; add the question before this answer or drop the answer",
+        )
     if need_assistant and not any(t.role == "assistant" for t in turns):
         raise ctx.error(field_name, "no assistant turn: nothing to train on")
 

@@ -54,21 +54,38 @@ def check_media_counts(sample: Sample, modality: str) -> list:
     return sample.images if modality == "image" else sample.audios
 
 
-def _render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+def _render(
+    tokenizer,
+    messages: list[dict],
+    add_generation_prompt: bool = False,
+    *,
+    source: str = "<memory>",
+    index: int = 0,
+) -> str:
+    """The chat template's text; a conversation the template refuses is a BadSampleError naming the record."""
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except Exception as err:  # jinja's TemplateError (raise_exception in the template) or a ValueError
+        roles = [m["role"] for m in messages]
+        raise BadSampleError(
+            source, index, "conversations",
+            f"the tokenizer's chat template refuses this conversation (roles {roles}): {err}; make the turns "
+            "follow the template's rules (most want user and assistant turns alternating, the user first)",
+        ) from err  # fmt: skip
 
 
 def assistant_spans(tokenizer, messages: list[dict], source: str = "<memory>", index: int = 0):
     """Render the conversation; return (text, [(start, end) character spans of assistant replies])."""
-    text = _render(tokenizer, messages)
+    where = {"source": source, "index": index}
+    text = _render(tokenizer, messages, **where)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt = _render(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = _render(tokenizer, messages[: i + 1])
+        prompt = _render(tokenizer, messages[:i], add_generation_prompt=True, **where)
+        upto = _render(tokenizer, messages[: i + 1], **where)
         if not (upto.startswith(prompt) and text.startswith(upto)):
             raise BadSampleError(
                 source, index, "conversations",
@@ -149,7 +166,7 @@ def tokenize_prompt(
     if turns and turns[-1].role == "assistant":
         reference = turns.pop().text
     messages = [{"role": t.role, "content": t.text} for t in turns]
-    text = _render(tokenizer, messages, add_generation_prompt=True)
+    text = _render(tokenizer, messages, add_generation_prompt=True, source=sample.source, index=sample.index)
     media_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN if modality == "image" else AUDIO_TOKEN)
     ids = []
     for tok in tokenizer(text, add_special_tokens=False)["input_ids"]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vlmkit.data.embedded import resolve_data_path
+from vlmkit.data.embedded import media_root, resolve_data_path
 from vlmkit.data.media import load_audio, resolve_media_path
 from vlmkit.data.records import BadSampleError, SkipCounter
 
@@ -82,7 +82,7 @@ class AudioClipDataset(Dataset):
         skips: SkipCounter | None = None,
     ):
         self.records, self.source = read_clip_records(path, on_bad_sample=on_bad_sample, skips=skips)
-        self.root = audio_folder or str(Path(self.source).parent)
+        self.root = media_root(path, audio_folder) or str(Path(self.source).parent)
         self.feature_extractor = feature_extractor
         self.sampling_rate = int(feature_extractor.sampling_rate)
         self.num_samples = num_samples

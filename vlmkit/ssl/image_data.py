@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from vlmkit.data.embedded import resolve_data_path
+from vlmkit.data.embedded import media_root, resolve_data_path
 from vlmkit.data.media import load_image, resolve_media_item
 from vlmkit.data.records import BadSampleError, SkipCounter
 
@@ -97,7 +97,7 @@ def read_image_records(
     resolved = resolve_data_path(path)
     if not resolved or not os.path.isfile(resolved):
         raise FileNotFoundError(f"image data file not found: {path!r}; pass --data_path/--eval_data_path")
-    root = image_folder or os.path.dirname(os.path.abspath(resolved))
+    root = media_root(path, image_folder) or os.path.dirname(os.path.abspath(resolved))
     skips = skips if skips is not None else SkipCounter()
     records = []
     for i, row in enumerate(_load_rows(resolved)):

@@ -30,6 +30,7 @@ import torch
 
 from vlmkit.config.parser import save_config
 from vlmkit.training.accelerator import make_accelerator
+from vlmkit.training.preflight import preflight
 from vlmkit.training.reporting import LOG_FILE, PLOT_FILE, plot_loss, write_metrics
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class Run:
         self.cfg, self.title, self.hub = cfg, title, hub
         self.started = time.perf_counter()
         hub.check(cfg)
+        preflight(cfg)  # every input the run needs (data, media, model paths, output_dir), before any model loads
         self.accelerator = make_accelerator(
             output_dir=cfg.output_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             mixed_precision=cfg.mixed_precision, report_to=cfg.report_to,
