@@ -95,7 +95,8 @@ class GRPOTrainer(RLTrainer):
         _, items = loss_sum_and_count(exp.mask.float(), exp.mask, cfg.loss_type, cfg.max_new_tokens)
         totals: dict[str, float] = {}
         count, skipped = 0, 0
-        self.model.train()
+        if not self.model.training:  # train() is not free on transformers models
+            self.model.train()
         for _ in range(cfg.num_iterations):
             self.stepper.begin(float(items), step + 1)
             for rows in self.chunks(len(exp.rollout)):

@@ -48,6 +48,16 @@ def disable_dropout(model: nn.Module) -> None:
             module.p = 0.0
 
 
+def same_in_train_and_eval(policy: nn.Module) -> bool:
+    """True when train mode computes what eval mode does: no active dropout module (`disable_dropout`), no
+    attention dropout in the LLM config, and a frozen encoder (which `VLM.train` keeps in eval mode)."""
+    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in policy.modules()):
+        return False
+    if getattr(policy.language_model.config, "attention_dropout", 0.0):
+        return False
+    return not any(p.requires_grad for p in policy.encoder.parameters())
+
+
 @dataclass
 class RLResult:
     """What `RLTrainer.train` hands back."""
@@ -103,6 +113,8 @@ class RLTrainer(ABC):
             accelerator, max_grad_norm=cfg.max_grad_norm, micro_batch_size=cfg.per_device_train_batch_size
         )
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self._bare = accelerator.unwrap_model(self.model)  # unwrap_model is not free: once
+        self._same_in_eval = same_in_train_and_eval(self._bare.policy)
         self.stepper = OptimizerStepper(
             accelerator, self.model, self.optimizer, max_grad_norm=cfg.max_grad_norm,
             max_bad_steps=cfg.max_bad_steps, output_dir=cfg.output_dir,
@@ -138,7 +150,7 @@ class RLTrainer(ABC):
     # ---- pieces -------------------------------------------------------------------------------------
     @property
     def bare(self) -> ActorCritic:
-        return self.accelerator.unwrap_model(self.model)
+        return self._bare
 
     @property
     def has_reference(self) -> bool:
@@ -179,10 +191,11 @@ class RLTrainer(ABC):
     def sample(self, samples: list[Sample], do_sample: bool = True) -> Rollout:
         """Generate one response per prompt with the current policy (parameters gathered under ZeRO-3)."""
         batch = make_prompt_batch(samples, self.processor, self.device)
-        with unwrapped_for_generation(self.model, self.accelerator) as bare:
+        with unwrapped_for_generation(self.model, self.accelerator, self.bare) as bare:
             return generate_rollout(
                 bare.policy, batch, self.tokenizer, max_new_tokens=self.cfg.max_new_tokens,
                 temperature=self.cfg.temperature, top_p=self.cfg.top_p, do_sample=do_sample,
+                eval_mode=not self._same_in_eval,
             )  # fmt: skip
 
     def reduce_mean(self, stats: dict[str, float]) -> dict[str, float]:

@@ -86,10 +86,20 @@ class Rollout:
 
 def make_prompt_batch(samples: list[Sample], processor, device) -> Rollout:
     """Tokenize prompts (chat template + generation prompt), decode their media; responses still empty."""
-    prepared = prepare_prompts(samples, processor)
+    # GRPO repeats each prompt (the same Sample) num_generations times: tokenize and process it once.
+    unique = {id(s): s for s in samples}
+    once = dict(zip(unique, prepare_prompts(list(unique.values()), processor)))
+    prepared = [once[id(s)] for s in samples]
     ids, mask = left_padded_batch([p[0] for p in prepared], processor.tokenizer.pad_token_id, device)
     items = [m for p in prepared for m in p[2]]
-    media = processor.process_media(items) if items else None
+    media = None
+    if items:
+        processed = processor.process_media([m for p in once.values() for m in p[2]])
+        first, starts = 0, {}
+        for key, p in once.items():
+            starts[key], first = first, first + len(p[2])
+        rows = [starts[id(s)] + j for s, p in zip(samples, prepared) for j in range(len(p[2]))]
+        media = processed[torch.tensor(rows, dtype=torch.long)] if len(rows) != len(processed) else processed
     empty = torch.zeros(len(samples), 0, dtype=torch.long, device=device)
     return Rollout(
         ids, mask, empty, empty.bool(), torch.zeros(len(samples), dtype=torch.bool, device=device),
@@ -122,15 +132,21 @@ def generate_rollout(
     temperature: float = 1.0,
     top_p: float = 1.0,
     do_sample: bool = True,
+    eval_mode: bool = True,
 ) -> Rollout:
     """Sample one response per prompt of `batch` with `model` (a bare VLM) and the KV cache.
+
+    `eval_mode`: generate in eval mode (restoring train mode after). A caller whose model behaves the same in
+    both modes (dropout off, frozen encoder) passes False: in transformers 5 every train()/eval() call
+    re-kernelizes each PreTrainedModel inside, a cost paid twice per rollout otherwise.
 
     Sampling is from softmax(logits / temperature) (top-k off; nucleus when top_p < 1); the media
     placeholder token is never generated (it would be read as an image or clip in later forward passes).
     A frozen encoder runs once here; its features travel with the rollout.
     """
-    was_training = model.training
-    model.eval()
+    switch = model.training and eval_mode
+    if switch:
+        model.eval()
     features = batch.media_features
     if (
         features is None
@@ -144,7 +160,8 @@ def generate_rollout(
         top_p=top_p if do_sample else None, top_k=0 if do_sample else None,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
     )  # fmt: skip
-    model.train(was_training)
+    if switch:
+        model.train()
     tokens, mask, has_eos = truncate_after_eos(generated, tokenizer.eos_token_id, tokenizer.pad_token_id)
     texts = [t.strip() for t in tokenizer.batch_decode(tokens, skip_special_tokens=True)]
     return Rollout(
@@ -170,13 +187,15 @@ def response_logprobs(logits: Tensor, rollout: Rollout, temperature: float = 1.0
 
 
 @contextlib.contextmanager
-def unwrapped_for_generation(model: nn.Module, accelerator) -> Iterator[nn.Module]:
-    """The bare module of a prepared model, for `generate`.
+def unwrapped_for_generation(
+    model: nn.Module, accelerator, bare: nn.Module | None = None
+) -> Iterator[nn.Module]:
+    """The bare module of a prepared model (or `bare`, when the caller already unwrapped it), for `generate`.
 
     Under DeepSpeed ZeRO-3 the parameters are gathered on every rank while the block runs, so that
     token-by-token generation does not all-gather every layer at every step (a collective: all ranks call it).
     """
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = bare if bare is not None else accelerator.unwrap_model(model)
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None and plugin.zero_stage == 3:
         import deepspeed
