@@ -172,7 +172,8 @@ class RLTrainer(ABC):
 
     def forward(self, rollout: Rollout, with_values: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
         """(log-probs (B, T), response logits (B, T, V), values (B, T) or None) of the current policy."""
-        logits, values = self.model(**rollout.model_inputs(), with_values=with_values)
+        inputs = rollout.model_inputs()
+        logits, values = self.model(**inputs, with_values=with_values, logits_to_keep=rollout.logits_to_keep)
         logprobs, resp_logits = response_logprobs(logits, rollout, self.cfg.temperature)
         if values is not None:
             values = values[:, response_slice(rollout.query_ids.shape[1], rollout.response_ids.shape[1])]
@@ -180,7 +181,8 @@ class RLTrainer(ABC):
 
     def ref_logprobs(self, rollout: Rollout) -> Tensor:
         """(B, T) log-probs of the sampled tokens under the frozen reference policy."""
-        logits = reference_logits(self.model, self.bare.policy, rollout.model_inputs(), self.reference)
+        inputs = {**rollout.model_inputs(), "logits_to_keep": rollout.logits_to_keep}
+        logits = reference_logits(self.model, self.bare.policy, inputs, self.reference)
         return response_logprobs(logits, rollout, self.cfg.temperature)[0]
 
     def chunks(self, n: int, size: int | None = None) -> list[list[int]]:

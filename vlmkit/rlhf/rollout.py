@@ -66,6 +66,12 @@ class Rollout:
             [self.texts[r] for r in rows] if self.texts else [], features,
         )  # fmt: skip
 
+    @property
+    def logits_to_keep(self) -> int:
+        """Positions whose logits a log-prob pass needs: the last T + 1 (transformers' `logits_to_keep`), so
+        the LM head skips the prompt."""
+        return self.response_ids.shape[1] + 1
+
     def model_inputs(self) -> dict[str, Tensor | None]:
         """Prompt + response as one sequence (B, P+T): input_ids, attention_mask, position_ids, media and
         media_features (the cached encoder outputs, or None).
@@ -178,9 +184,19 @@ def response_slice(prompt_length: int, response_length: int) -> slice:
 def response_logprobs(logits: Tensor, rollout: Rollout, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
     """Log-probs (B, T) of the sampled response tokens and the response logits (B, T, V), both / temperature.
 
-    `logits` (B, P+T, V) come from a forward pass over `rollout.model_inputs()`.
+    `logits` (B, P+T, V) come from a forward pass over `rollout.model_inputs()`, or (B, T+1, V) from one with
+    `logits_to_keep=rollout.logits_to_keep`.
     """
-    window = response_slice(rollout.query_ids.shape[1], rollout.response_ids.shape[1])
+    prompt, response = rollout.query_ids.shape[1], rollout.response_ids.shape[1]
+    if logits.shape[1] == response + 1:
+        window = slice(0, response)
+    elif logits.shape[1] == prompt + response:
+        window = response_slice(prompt, response)
+    else:
+        raise ValueError(
+            f"logits cover {logits.shape[1]} positions; expected {prompt + response} (prompt + response) or "
+            f"{response + 1} (logits_to_keep)"
+        )
     response_logits = logits[:, window].float() / temperature
     labels = rollout.response_ids.masked_fill(~rollout.response_mask.bool(), -100)
     return logprobs_from_logits(response_logits, labels), response_logits
