@@ -17,12 +17,13 @@ micro-batch, one generation per optimizer step), max completion length, sampling
 no top-k), loss (`loss_type`, `beta` with a frozen reference model on both, `epsilon`, `scale_rewards`,
 one iteration), AdamW at the same learning rate, constant schedule, clipping at 1.0, fp32, no gradient
 checkpointing, no vLLM, dropout off, logging every step with completions not logged.
-Each framework runs in its own process (so peak RSS is its own, libraries included), one after the other.
+Each framework runs in its own process (so peak RSS is its own, libraries included), alternating.
 Measured: the process CPU time (`time.process_time`, all threads) of each step: vlmkit's `make_experience`
 + `update`, TRL's `on_step_begin` .. `on_step_end` (generation, scoring, reference pass, loss, optimizer
 step). CPU time rather than wall time because the machine is shared: it measures the work done, not what
-other users did. Steps after the first (warm-up) only. Completions are counted by the reward function.
-`grpo_speedup_vs_trl` = vlmkit completions per CPU-second / TRL's.
+other users did. Steps after the first (warm-up) only; `--rounds` runs of each framework alternate, and the
+median step is used (a loaded machine makes even CPU time jump). Completions are counted by the reward
+function. `grpo_speedup_vs_trl` = vlmkit completions per CPU-second / TRL's.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,7 +43,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, TINY_LLM, TINY_VISION, CpuClock, peak_rss_mb, update_summary, write_result  # noqa: E402
 
-QUICK = ["--steps", "2", "--prompts_per_step", "2", "--num_generations", "2", "--max_completion_length", "4"]
+QUICK = [
+    "--steps",
+    "2",
+    "--prompts_per_step",
+    "2",
+    "--num_generations",
+    "2",
+    "--max_completion_length",
+    "4",
+    "--rounds",
+    "1",
+]
 LEARNING_RATE = 1e-5
 sys.modules.setdefault("grpo_throughput", sys.modules[__name__])  # the reward's import path in workers
 SEEN: list[int] = []  # completions the reward function scored in this process (one entry per call)
@@ -96,6 +109,20 @@ def measured(step_cpu: list[float], completions: list[int]) -> dict:
     cpu, done = sum(step_cpu[skip:]), sum(completions[skip:])
     return {"steps": len(step_cpu), "measured_steps": len(step_cpu) - skip, "completions": done,
             "cpu_seconds": cpu, "completions_per_cpu_s": done / cpu, "step_cpu_seconds": step_cpu}  # fmt: skip
+
+
+def combine(rounds: list[dict]) -> dict:
+    """One framework's rounds: completions per CPU-second from the median step (robust to load spikes)."""
+    steps = [c for r in rounds for c in r["step_cpu_seconds"][r["steps"] - r["measured_steps"] :]]
+    completions = sum(r["completions"] for r in rounds)
+    median_step = statistics.median(steps)
+    return {
+        "rounds": rounds, "measured_steps": len(steps), "completions": completions, "cpu_seconds": sum(steps),
+        "median_step_cpu_seconds": median_step, "completions_per_cpu_s": completions / len(steps) / median_step,
+        "completions_per_cpu_s_total": completions / sum(steps),
+        "completion_length_mean": statistics.mean(r["completion_length_mean"] for r in rounds),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in rounds),
+    }  # fmt: skip
 
 
 def run_vlmkit(args, work: Path) -> dict:
@@ -193,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompts", type=int, default=36, help="distinct training prompts")
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--loss_type", default="dapo")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each framework, alternating")
     parser.add_argument("--quick", action="store_true", help="smoke mode: " + " ".join(QUICK))
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--worker", choices=("vlmkit", "trl"), help=argparse.SUPPRESS)
@@ -201,26 +229,29 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args([*QUICK, *argv] if "--quick" in argv else argv)
     if args.worker:
         return worker(args)
-    runs = {}
+    rounds: dict[str, list[dict]] = {"vlmkit": [], "trl": []}
     with tempfile.TemporaryDirectory() as tmp:
         prepare(args, Path(tmp))
-        for name in ("vlmkit", "trl"):
-            cmd = [sys.executable, __file__, *argv, "--worker", name, "--work", tmp]
-            subprocess.run(cmd, check=True)
-            runs[name] = json.loads((Path(tmp) / f"{name}.json").read_text())
+        for _ in range(args.rounds):  # alternating, so both see the machine's load changes alike
+            for name in rounds:
+                cmd = [sys.executable, __file__, *argv, "--worker", name, "--work", tmp]
+                subprocess.run(cmd, check=True)
+                rounds[name].append(json.loads((Path(tmp) / f"{name}.json").read_text()))
+    runs = {name: combine(r) for name, r in rounds.items()}
     speedup = runs["vlmkit"]["completions_per_cpu_s"] / runs["trl"]["completions_per_cpu_s"]
-    settings = {k: getattr(args, k) for k in ("steps", "prompts_per_step", "num_generations",
+    settings = {k: getattr(args, k) for k in ("steps", "rounds", "prompts_per_step", "num_generations",
                                               "max_completion_length", "prompts", "beta", "loss_type")}  # fmt: skip
     result = {**settings, "learning_rate": LEARNING_RATE, "runs": runs, "grpo_speedup_vs_trl": speedup}
     rows = [
-        {"framework": name, "completions": r["completions"], "CPU s": r["cpu_seconds"],
-         "completions/CPU-s": r["completions_per_cpu_s"], "mean completion tokens": r["completion_length_mean"],
-         "peak RSS MiB": r["peak_rss_mb"]}
+        {"framework": name, "measured steps": r["measured_steps"], "completions": r["completions"],
+         "median step CPU s": r["median_step_cpu_seconds"], "completions/CPU-s": r["completions_per_cpu_s"],
+         "completions/CPU-s (totals)": r["completions_per_cpu_s_total"],
+         "mean completion tokens": r["completion_length_mean"], "peak RSS MiB": r["peak_rss_mb"]}
         for name, r in runs.items()
     ]  # fmt: skip
     notes = (
         f"**grpo_speedup_vs_trl = {speedup:.3f}** (completions per CPU-second, vlmkit / TRL).\n\n"
-        f"{args.steps} steps each (measured: steps 2..n) of {args.prompts_per_step} prompts x "
+        f"{args.rounds} alternating runs per framework of {args.steps} steps (measured: steps 2..n) of {args.prompts_per_step} prompts x "
         f"{args.num_generations} completions, up to {args.max_completion_length} completion tokens, "
         f"beta {args.beta}, loss_type {args.loss_type}, learning rate {LEARNING_RATE}.\n\n"
         + __doc__.split("\n\n", 2)[2]
