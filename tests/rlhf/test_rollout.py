@@ -196,6 +196,10 @@ def test_generation_without_the_mode_switch_samples_the_same(prompts):
     model.language_model.config.attention_dropout = 0.1  # attention dropout lives in the config, not a module
     assert not same_in_train_and_eval(model)
     model.language_model.config.attention_dropout = 0.0
+    model.language_model.gradient_checkpointing_enable()  # train mode would generate without the KV cache
+    assert not same_in_train_and_eval(model)
+    model.language_model.gradient_checkpointing_disable()
+    assert same_in_train_and_eval(model)
     batch = make_prompt_batch(prompts, processor, "cpu")
     runs = []
     for eval_mode in (True, False):

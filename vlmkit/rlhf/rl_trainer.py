@@ -50,9 +50,11 @@ def disable_dropout(model: nn.Module) -> None:
 
 def same_in_train_and_eval(policy: nn.Module) -> bool:
     """True when train mode computes what eval mode does: no active dropout module (`disable_dropout`), no
-    attention dropout in the LLM config, and a frozen encoder (which `VLM.train` keeps in eval mode)."""
-    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in policy.modules()):
-        return False
+    attention dropout in the LLM config, a frozen encoder (which `VLM.train` keeps in eval mode), and no
+    activation checkpointing (which turns the KV cache off in train mode)."""
+    for m in policy.modules():
+        if (isinstance(m, nn.Dropout) and m.p > 0) or getattr(m, "gradient_checkpointing", False) is True:
+            return False
     if getattr(policy.language_model.config, "attention_dropout", 0.0):
         return False
     return not any(p.requires_grad for p in policy.encoder.parameters())
