@@ -65,6 +65,26 @@ def timed(fn: Callable[[], object]) -> tuple[float, float, object]:
     return time.perf_counter() - t0, time.process_time() - c0, out
 
 
+class CpuClock:
+    """Wraps bound methods of an object so that each call's process CPU time is recorded under a name."""
+
+    def __init__(self):
+        self.calls: dict[str, list[float]] = {}
+
+    def wrap(self, obj, name: str, keep: list | None = None) -> None:
+        method = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            c0 = time.process_time()
+            out = method(*args, **kwargs)
+            self.calls.setdefault(name, []).append(time.process_time() - c0)
+            if keep is not None:
+                keep.append(out)
+            return out
+
+        setattr(obj, name, timed)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process (CPU) in MiB; the CUDA allocator peak on a GPU."""
     if torch.cuda.is_available():

@@ -108,6 +108,28 @@ def test_update_moves_log_probs_in_the_direction_of_the_advantages(base_policy, 
 
 
 @pytest.mark.parametrize("lora", [False, True])
+def test_frozen_encoders_run_once_per_rollout_batch(base_policy, tmp_path, lora):
+    """Generation encodes the media once; the policy, value and reference passes and every PPO epoch reuse
+    the features (the reference copy's tower, or the LoRA policy's with adapters off, never runs)."""
+    trainer = make_trainer(base_policy, tmp_path, lora=lora)
+    towers = [trainer.bare.policy.encoder] + ([trainer.reference.encoder] if trainer.reference else [])
+    calls = []
+
+    def count(module, args, kwargs, output):
+        calls.append((args[0] if args else next(iter(kwargs.values()))).shape[0])
+
+    hooks = [t.register_forward_hook(count, with_kwargs=True) for t in towers]
+    try:
+        torch.manual_seed(0)
+        exp = trainer.make_experience(trainer.prompts_for_step(0))
+        trainer.update(exp, 0)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == [trainer.cfg.rollout_batch_size]  # one call, on the step's images
+
+
+@pytest.mark.parametrize("lora", [False, True])
 def test_reference_is_the_starting_policy(base_policy, tmp_path, lora):
     """KL is exactly 0 before any update; after updates the reference still gives the starting log-probs."""
     trainer = make_trainer(base_policy, tmp_path, lora=lora)

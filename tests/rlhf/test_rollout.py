@@ -168,3 +168,73 @@ def test_sampling_log_probs_equal_the_trainers_recomputed_ones(tiny_vlm, prompts
     unsuppressed, _ = response_logprobs(logits, rollout, temperature)
     assert (unsuppressed[mask] - recomputed[mask]).abs().max() > 1e-5
     assert torch.equal(rollout.select([1]).logprobs, rollout.logprobs[[1]])
+
+
+def test_repeated_prompts_are_prepared_once_and_match_separate_preparation(tiny_vlm, prompts):
+    """GRPO passes each prompt num_generations times (the same Sample): the batch equals one made of copies."""
+    import copy
+
+    _, processor = tiny_vlm
+    repeated = [p for p in prompts for _ in range(3)]
+    copies = [copy.deepcopy(p) for p in repeated]  # distinct objects: prepared one by one
+    a = make_prompt_batch(repeated, processor, "cpu")
+    b = make_prompt_batch(copies, processor, "cpu")
+    assert torch.equal(a.query_ids, b.query_ids) and torch.equal(a.query_mask, b.query_mask)
+    assert torch.equal(a.media, b.media) and a.media.shape[0] == 9
+    assert a.media_counts == b.media_counts and a.references == b.references
+    assert torch.equal(a.media[0], a.media[2]) and not torch.equal(a.media[0], a.media[3])
+
+
+def test_kept_logits_give_the_same_log_probs_as_the_full_pass(tiny_vlm, prompts):
+    """`logits_to_keep` (the LM head on the last T + 1 positions only) changes no log-prob."""
+    model, processor = tiny_vlm
+    torch.manual_seed(0)
+    rollout = generate_rollout(
+        model, make_prompt_batch(prompts, processor, "cpu"), processor.tokenizer, max_new_tokens=4
+    )
+    inputs = rollout.model_inputs()
+    args = (inputs["input_ids"], inputs["attention_mask"], None, inputs["media_features"])
+    with torch.no_grad():
+        full = model(*args, position_ids=inputs["position_ids"]).logits
+        kept = model(*args, position_ids=inputs["position_ids"], logits_to_keep=rollout.logits_to_keep).logits
+    assert kept.shape[1] == rollout.response_ids.shape[1] + 1 < full.shape[1]
+    (lp_full, resp_full), (lp_kept, resp_kept) = (
+        response_logprobs(full, rollout),
+        response_logprobs(kept, rollout),
+    )
+    assert torch.allclose(lp_full, lp_kept, atol=1e-6) and torch.allclose(resp_full, resp_kept, atol=1e-6)
+    with pytest.raises(ValueError, match="logits cover"):
+        response_logprobs(full[:, 1:], rollout)
+
+
+def test_generation_without_the_mode_switch_samples_the_same(prompts):
+    """With dropout off and a frozen encoder, sampling in train mode (no eval() switch) equals eval mode."""
+    from vlmkit.rlhf.rl_trainer import disable_dropout, same_in_train_and_eval
+
+    model, processor = build_vlm(
+        ModelArgs(vision_tower="vlmkit-tiny/clip-vision", language_model="vlmkit-tiny/llama")
+    )
+    model.encoder.requires_grad_(False)
+    model.connector.add_module("noise", torch.nn.Dropout(0.1))  # a dropout module that is active
+    assert not same_in_train_and_eval(model)
+    disable_dropout(model)
+    assert same_in_train_and_eval(model)
+    model.language_model.config.attention_dropout = 0.1  # attention dropout lives in the config, not a module
+    assert not same_in_train_and_eval(model)
+    model.language_model.config.attention_dropout = 0.0
+    model.language_model.gradient_checkpointing_enable()  # train mode would generate without the KV cache
+    assert not same_in_train_and_eval(model)
+    model.language_model.gradient_checkpointing_disable()
+    assert same_in_train_and_eval(model)
+    batch = make_prompt_batch(prompts, processor, "cpu")
+    runs = []
+    for eval_mode in (True, False):
+        model.train()
+        torch.manual_seed(0)
+        runs.append(
+            generate_rollout(model, batch, processor.tokenizer, max_new_tokens=6, eval_mode=eval_mode)
+        )
+        assert model.training and not model.encoder.training  # the mode is as it was either way
+    assert torch.equal(runs[0].response_ids, runs[1].response_ids)
+    model.encoder.requires_grad_(True)
+    assert not same_in_train_and_eval(model)  # a training encoder may behave differently in train mode

@@ -199,8 +199,13 @@ class VLM(nn.Module):
         else:
             projected = None
         if projected is None:
-            if self.training and any(p.requires_grad for p in self.connector.parameters()):
-                # Same forward path on every rank (DDP/ZeRO) even when this batch has no media.
+            if (
+                self.training
+                and torch.is_grad_enabled()
+                and any(p.requires_grad for p in self.connector.parameters())
+            ):
+                # Same forward path on every rank (DDP/ZeRO) even when this batch has no media; only a pass
+                # that a backward follows needs it.
                 dummy = self.encode_media(self.dummy_media(input_ids.device))
                 embeds = embeds + 0.0 * dummy.sum()
             if media_mask.any():

@@ -141,7 +141,8 @@ class PPOTrainer(RLTrainer):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         totals: dict[str, float] = {}
         count, skipped = 0, 0
-        self.model.train()
+        if not self.model.training:  # train() is not free on transformers models
+            self.model.train()
         for _ in range(cfg.num_ppo_epochs):
             order = torch.randperm(len(exp.rollout), generator=g).tolist()
             for m in range(0, len(order), mini):

@@ -49,6 +49,18 @@ def disable_dropout(model: nn.Module) -> None:
             module.p = 0.0
 
 
+def same_in_train_and_eval(policy: nn.Module) -> bool:
+    """True when train mode computes what eval mode does: no active dropout module (`disable_dropout`), no
+    attention dropout in the LLM config, a frozen encoder (which `VLM.train` keeps in eval mode), and no
+    activation checkpointing (which turns the KV cache off in train mode)."""
+    for m in policy.modules():
+        if (isinstance(m, nn.Dropout) and m.p > 0) or getattr(m, "gradient_checkpointing", False) is True:
+            return False
+    if getattr(policy.language_model.config, "attention_dropout", 0.0):
+        return False
+    return not any(p.requires_grad for p in policy.encoder.parameters())
+
+
 @dataclass
 class RLResult:
     """What `RLTrainer.train` hands back."""
@@ -104,6 +116,8 @@ class RLTrainer(ABC):
             accelerator, max_grad_norm=cfg.max_grad_norm, micro_batch_size=cfg.per_device_train_batch_size
         )
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self._bare = accelerator.unwrap_model(self.model)  # unwrap_model is not free: once
+        self._same_in_eval = same_in_train_and_eval(self._bare.policy)
         self.stepper = OptimizerStepper(
             accelerator, self.model, self.optimizer, max_grad_norm=cfg.max_grad_norm,
             max_bad_steps=cfg.max_bad_steps, output_dir=cfg.output_dir,
@@ -140,7 +154,7 @@ class RLTrainer(ABC):
     # ---- pieces -------------------------------------------------------------------------------------
     @property
     def bare(self) -> ActorCritic:
-        return self.accelerator.unwrap_model(self.model)
+        return self._bare
 
     @property
     def media_token_id(self) -> int:
@@ -167,7 +181,8 @@ class RLTrainer(ABC):
 
     def forward(self, rollout: Rollout, with_values: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
         """(log-probs (B, T), response logits (B, T, V), values (B, T) or None) of the current policy."""
-        logits, values = self.model(**rollout.model_inputs(), with_values=with_values)
+        inputs = rollout.model_inputs()
+        logits, values = self.model(**inputs, with_values=with_values, logits_to_keep=rollout.logits_to_keep)
         logprobs, resp_logits = response_logprobs(logits, rollout, self.cfg.temperature, self.media_token_id)
         if values is not None:
             values = values[:, response_slice(rollout.query_ids.shape[1], rollout.response_ids.shape[1])]
@@ -175,7 +190,8 @@ class RLTrainer(ABC):
 
     def ref_logprobs(self, rollout: Rollout) -> Tensor:
         """(B, T) log-probs of the sampled tokens under the frozen reference policy."""
-        logits = reference_logits(self.model, self.bare.policy, rollout.model_inputs(), self.reference)
+        inputs = {**rollout.model_inputs(), "logits_to_keep": rollout.logits_to_keep}
+        logits = reference_logits(self.model, self.bare.policy, inputs, self.reference)
         return response_logprobs(logits, rollout, self.cfg.temperature, self.media_token_id)[0]
 
     def chunks(self, n: int, size: int | None = None) -> list[list[int]]:
@@ -186,10 +202,11 @@ class RLTrainer(ABC):
     def sample(self, samples: list[Sample], do_sample: bool = True) -> Rollout:
         """Generate one response per prompt with the current policy (parameters gathered under ZeRO-3)."""
         batch = make_prompt_batch(samples, self.processor, self.device)
-        with unwrapped_for_generation(self.model, self.accelerator) as bare:
+        with unwrapped_for_generation(self.model, self.accelerator, self.bare) as bare:
             return self.engine(
                 bare.policy, batch, self.tokenizer, max_new_tokens=self.cfg.max_new_tokens,
                 temperature=self.cfg.temperature, top_p=self.cfg.top_p, do_sample=do_sample,
+                eval_mode=not self._same_in_eval,
             )  # fmt: skip
 
     def reduce_mean(self, stats: dict[str, float]) -> dict[str, float]:

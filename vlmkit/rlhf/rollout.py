@@ -72,6 +72,12 @@ class Rollout:
             self.logprobs[rows] if self.logprobs is not None else None,
         )  # fmt: skip
 
+    @property
+    def logits_to_keep(self) -> int:
+        """Positions whose logits a log-prob pass needs: the last T + 1 (transformers' `logits_to_keep`), so
+        the LM head skips the prompt."""
+        return self.response_ids.shape[1] + 1
+
     def model_inputs(self) -> dict[str, Tensor | None]:
         """Prompt + response as one sequence (B, P+T): input_ids, attention_mask, position_ids, media and
         media_features (the cached encoder outputs, or None).
@@ -92,10 +98,20 @@ class Rollout:
 
 def make_prompt_batch(samples: list[Sample], processor, device) -> Rollout:
     """Tokenize prompts (chat template + generation prompt), decode their media; responses still empty."""
-    prepared = prepare_prompts(samples, processor)
+    # GRPO repeats each prompt (the same Sample) num_generations times: tokenize and process it once.
+    unique = {id(s): s for s in samples}
+    once = dict(zip(unique, prepare_prompts(list(unique.values()), processor)))
+    prepared = [once[id(s)] for s in samples]
     ids, mask = left_padded_batch([p[0] for p in prepared], processor.tokenizer.pad_token_id, device)
     items = [m for p in prepared for m in p[2]]
-    media = processor.process_media(items) if items else None
+    media = None
+    if items:
+        processed = processor.process_media([m for p in once.values() for m in p[2]])
+        first, starts = 0, {}
+        for key, p in once.items():
+            starts[key], first = first, first + len(p[2])
+        rows = [starts[id(s)] + j for s, p in zip(samples, prepared) for j in range(len(p[2]))]
+        media = processed[torch.tensor(rows, dtype=torch.long)] if len(rows) != len(processed) else processed
     empty = torch.zeros(len(samples), 0, dtype=torch.long, device=device)
     return Rollout(
         ids, mask, empty, empty.bool(), torch.zeros(len(samples), dtype=torch.bool, device=device),
@@ -129,8 +145,13 @@ def generate_rollout(
     top_p: float = 1.0,
     do_sample: bool = True,
     return_logprobs: bool = False,
+    eval_mode: bool = True,
 ) -> Rollout:
     """Sample one response per prompt of `batch` with `model` (a bare VLM) and the KV cache.
+
+    `eval_mode`: generate in eval mode (restoring train mode after). A caller whose model behaves the same in
+    both modes (dropout off, frozen encoder) passes False: in transformers 5 every train()/eval() call
+    re-kernelizes each PreTrainedModel inside, a cost paid twice per rollout otherwise.
 
     Sampling is from softmax(logits / temperature) (top-k off; nucleus when top_p < 1); the media
     placeholder token is never generated (it would be read as an image or clip in later forward passes).
@@ -138,8 +159,9 @@ def generate_rollout(
     sampling log-probs of the response tokens (the trainer recomputes them; they are for checks and for
     engines that return them for free), at the cost of holding (B, T, V) logits.
     """
-    was_training = model.training
-    model.eval()
+    switch = model.training and eval_mode
+    if switch:
+        model.eval()
     features = batch.media_features
     if (
         features is None
@@ -154,7 +176,8 @@ def generate_rollout(
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         return_dict_in_generate=return_logprobs, output_logits=return_logprobs,
     )  # fmt: skip
-    model.train(was_training)
+    if switch:
+        model.train()
     raw_logits = None
     if return_logprobs:
         generated, raw_logits = generated.sequences, torch.stack(generated.logits, dim=1)
@@ -208,11 +231,21 @@ def response_logprobs(
 ) -> tuple[Tensor, Tensor]:
     """Log-probs (B, T) of the sampled response tokens and the response logits (B, T, V), both / temperature.
 
-    `logits` (B, P+T, V) come from a forward pass over `rollout.model_inputs()`. With `suppressed_token_id`
-    (the media placeholder, which generation never samples) that token is excluded, so the log-probs are
-    those of the distribution the responses were sampled from.
+    `logits` (B, P+T, V) come from a forward pass over `rollout.model_inputs()`, or (B, T+1, V) from one with
+    `logits_to_keep=rollout.logits_to_keep`. With `suppressed_token_id` (the media placeholder, which
+    generation never samples) that token is excluded, so the log-probs are those of the distribution the
+    responses were sampled from.
     """
-    window = response_slice(rollout.query_ids.shape[1], rollout.response_ids.shape[1])
+    prompt, response = rollout.query_ids.shape[1], rollout.response_ids.shape[1]
+    if logits.shape[1] == response + 1:
+        window = slice(0, response)
+    elif logits.shape[1] == prompt + response:
+        window = response_slice(prompt, response)
+    else:
+        raise ValueError(
+            f"logits cover {logits.shape[1]} positions; expected {prompt + response} (prompt + response) or "
+            f"{response + 1} (logits_to_keep)"
+        )
     response_logits = logits[:, window].float() / temperature
     if suppressed_token_id is not None:
         response_logits[..., suppressed_token_id] = SUPPRESSED_LOGIT
@@ -221,13 +254,15 @@ def response_logprobs(
 
 
 @contextlib.contextmanager
-def unwrapped_for_generation(model: nn.Module, accelerator) -> Iterator[nn.Module]:
-    """The bare module of a prepared model, for `generate`.
+def unwrapped_for_generation(
+    model: nn.Module, accelerator, bare: nn.Module | None = None
+) -> Iterator[nn.Module]:
+    """The bare module of a prepared model (or `bare`, when the caller already unwrapped it), for `generate`.
 
     Under DeepSpeed ZeRO-3 the parameters are gathered on every rank while the block runs, so that
     token-by-token generation does not all-gather every layer at every step (a collective: all ranks call it).
     """
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = bare if bare is not None else accelerator.unwrap_model(model)
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None and plugin.zero_stage == 3:
         import deepspeed

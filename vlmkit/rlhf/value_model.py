@@ -59,8 +59,12 @@ class ActorCritic(nn.Module):
         media: Tensor | None = None,
         media_features: Tensor | None = None,
         with_values: bool = True,
+        logits_to_keep: int = 0,
     ) -> tuple[Tensor, Tensor | None]:
         """Policy logits (B, L, V) and values (B, L) float32 (None when `with_values` is False).
+
+        `logits_to_keep` > 0: logits of the last that many positions only (B, logits_to_keep, V); values
+        still cover every position.
 
         `media_features` (n, N, D_enc) are the policy encoder's cached outputs; the critic, whose encoder
         may differ, always reads `media`.
@@ -70,7 +74,7 @@ class ActorCritic(nn.Module):
         want_hidden = with_values and self.value_head is not None
         out = self.policy(
             input_ids, attention_mask, None if media_features is not None else media, media_features,
-            position_ids=position_ids, output_hidden_states=want_hidden,
+            position_ids=position_ids, output_hidden_states=want_hidden, logits_to_keep=logits_to_keep,
         )  # fmt: skip
         if not with_values:
             return out.logits, None
@@ -207,7 +211,8 @@ def frozen_reference(policy: nn.Module, build_again, accelerator) -> nn.Module |
 def reference_logits(
     model: nn.Module, policy: VLM, inputs: dict[str, Tensor | None], reference: nn.Module | None
 ) -> Tensor:
-    """Logits (B, L, V) of the frozen reference policy.
+    """Logits (B, L, V) of the frozen reference policy (the last `inputs["logits_to_keep"]` positions only,
+    when given and > 0).
 
     `model` is the (possibly prepared) ActorCritic and `policy` its bare policy. With a LoRA policy and no
     `reference` module, the reference is the policy with its adapters disabled (peft's `disable_adapter()`):
@@ -217,7 +222,7 @@ def reference_logits(
         features = inputs.get("media_features")
         return reference(
             inputs["input_ids"], inputs["attention_mask"], None if features is not None else inputs["media"],
-            features, position_ids=inputs["position_ids"],
+            features, position_ids=inputs["position_ids"], logits_to_keep=inputs.get("logits_to_keep", 0),
         ).logits  # fmt: skip
     if not policy.is_peft:
         raise ValueError("a full fine-tuning policy needs a separate frozen reference model")

@@ -59,7 +59,9 @@ class Run:
         self.cfg, self.title, self.hub = cfg, title, hub
         self.started = time.perf_counter()
         hub.check(cfg)
-        preflight(cfg)  # every input the run needs (data, media, model paths, output_dir), before any model loads
+        preflight(
+            cfg
+        )  # every input the run needs (data, media, model paths, output_dir), before any model loads
         self.accelerator = make_accelerator(
             output_dir=cfg.output_dir, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
             mixed_precision=cfg.mixed_precision, report_to=cfg.report_to,
