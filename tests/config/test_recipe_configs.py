@@ -62,7 +62,9 @@ def test_every_pipeline_stage_parses_with_its_recipe(name, tmp_path, monkeypatch
 # Flags a recipe would silently ignore (it never reads them) must be unknown to its config.
 IGNORED = {
     PPOConfig: ["packing", "group_by_length", "feature_cache_dir", "packing_max_tokens", "max_length",
-                "truncation", "tune_encoder", "build_embedded_data", "num_train_epochs"],
+                "truncation", "tune_encoder", "build_embedded_data", "num_train_epochs", "dataloader_num_workers"],
+    GRPOConfig: ["packing", "group_by_length", "feature_cache_dir", "max_length", "num_train_epochs",
+                 "dataloader_num_workers", "value_model", "kl_controller", "num_ppo_epochs"],
     DPOConfig: ["packing", "group_by_length", "feature_cache_dir", "packing_max_tokens"],
     RewardModelConfig: ["packing", "group_by_length", "feature_cache_dir", "max_new_tokens", "eval_generation"],
     Stage1Config: ["max_eval_samples", "max_new_tokens", "tune_encoder", "use_lora", "eval_generation"],

@@ -52,9 +52,10 @@ class RunArgs:
 
 @dataclass
 class EpochArgs:
-    """Training length in passes over the data (recipes whose loop walks a dataset)."""
+    """Training length in passes over the data and its loading (recipes whose loop walks a dataset)."""
 
     num_train_epochs: float = _f(1.0, "Epochs over the training data when max_steps is -1.", gt=0)
+    dataloader_num_workers: int = _f(0, "Worker processes for data loading.", ge=0)
 
 
 @dataclass
@@ -75,7 +76,6 @@ class OptimArgs:
         "auto", "auto (bf16 on a GPU that supports it, else fp32), no, bf16 or fp16.", choices=MIXED_PRECISION
     )
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.")
-    dataloader_num_workers: int = _f(0, "Worker processes for data loading.", ge=0)
 
 
 @dataclass

@@ -35,7 +35,7 @@ from vlmkit.rlhf.rollout import (
 )  # fmt: skip
 from vlmkit.rlhf.value_model import ActorCritic, prepare_frozen, reference_logits, save_value_model
 from vlmkit.training.accelerator import fill_deepspeed_auto
-from vlmkit.training.loop import Checkpointer, StepLog
+from vlmkit.training.loop import Checkpointer, StepLog, enable_activation_checkpointing
 from vlmkit.training.optim import build_optimizer, param_groups
 from vlmkit.training.stepping import OptimizerStepper, ensure_finite_weights
 
@@ -107,6 +107,8 @@ class RLTrainer(ABC):
         self.cfg, self.accelerator, self.processor = cfg, accelerator, processor
         self.reward, self.prompts, self.tokenizer = reward, prompts, processor.tokenizer
         disable_dropout(model)
+        if cfg.gradient_checkpointing:
+            enable_activation_checkpointing(model.policy)
         groups = param_groups(model, cfg.learning_rate, cfg.weight_decay, lr_overrides)
         optimizer, self.scheduler = build_optimizer(
             groups, cfg.learning_rate, cfg.lr_scheduler_type, int(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps

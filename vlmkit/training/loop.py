@@ -52,6 +52,12 @@ def count_supervised_tokens(batch: dict) -> int:
     return int((batch["labels"][:, 1:] != -100).sum())
 
 
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute the language model's activations in the backward pass (less memory, ~30% more compute)."""
+    lm = getattr(model, "language_model", model)
+    lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def _zero_touch(model: torch.nn.Module) -> torch.Tensor:
     return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
 
@@ -108,9 +114,8 @@ def train(
     optimizer, scheduler = build_optimizer(
         groups, cfg.learning_rate, cfg.lr_scheduler_type, int(cfg.warmup_ratio * total_steps), total_steps
     )
-    if getattr(cfg, "gradient_checkpointing", False):
-        lm = getattr(model, "language_model", model)
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.gradient_checkpointing:
+        enable_activation_checkpointing(model)
     fill_deepspeed_auto(accelerator, max_grad_norm=cfg.max_grad_norm)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     start_trackers(accelerator, cfg)
