@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from vlmkit.config.lm import LmPretrainConfig
 from vlmkit.config.parser import parse_config
-from vlmkit.data.text_corpus import PackedTextDataset, collate_blocks, pack_documents, read_documents
+from vlmkit.data.text_corpus import BlockCollator, PackedTextDataset, pack_documents, read_documents
 from vlmkit.eval.language import causal_lm_loss, eval_causal_lm_loss, perplexity, unigram_loss
 from vlmkit.hub.lifecycle import data_summary, maybe_push
 from vlmkit.hub.model_card import write_model_card
@@ -44,9 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
     model, tokenizer = build_causal_lm(cfg)
     read = dict(text_field=cfg.dataset_text_field, split=cfg.dataset_split)
     train_blocks = pack_documents(read_documents(cfg.data_path, **read), tokenizer, cfg.max_length)
-    result = train(
-        cfg, accelerator, model, PackedTextDataset(train_blocks), collate_blocks, causal_lm_loss
-    )
+    collate = BlockCollator(tokenizer.eos_token_id if cfg.attention_within_documents else None)
+    result = train(cfg, accelerator, model, PackedTextDataset(train_blocks), collate, causal_lm_loss)
 
     save_model(accelerator, result.model, tokenizer, out)
     metrics = {
@@ -61,7 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
             eval_blocks = pack_documents(read_documents(cfg.eval_data_path, **read), tokenizer, cfg.max_length)
             if cfg.max_eval_blocks > 0:
                 eval_blocks = eval_blocks[: cfg.max_eval_blocks]
-            metrics["eval_loss"] = eval_causal_lm_loss(trained, eval_blocks, cfg.per_device_eval_batch_size)
+            metrics["eval_loss"] = eval_causal_lm_loss(
+                trained, eval_blocks, collate, cfg.per_device_eval_batch_size
+            )
             metrics["eval_perplexity"] = perplexity(metrics["eval_loss"])
             metrics["eval_unigram_loss"] = unigram_loss(train_blocks, eval_blocks, len(tokenizer))
             metrics["eval_unigram_perplexity"] = perplexity(metrics["eval_unigram_loss"])

@@ -26,5 +26,10 @@ class LmPretrainConfig(HubArgs, OptimArgs, RunArgs):
     dataset_text_field: str = _f("text", "Field (jsonl) or column (HF dataset) holding the text.")
     dataset_split: str = _f("train", "Split of an HF dataset to read.")
     max_length: int = _f(128, "Tokens per packed block (documents joined with EOS, cut into blocks).")
+    attention_within_documents: bool = _f(
+        True,
+        "Restart position ids after each EOS so attention stays inside a document (false: GPT-style "
+        "packing, attention crosses document boundaries in a block). sdpa/eager only.",
+    )
     max_eval_blocks: int = _f(0, "Evaluate on at most this many held-out blocks (0: all).")
     learning_rate: float = _f(1e-3, "Peak learning rate.")

@@ -45,7 +45,12 @@ SPOKEN_CAPTIONS = [
 ]
 SPOKEN_QUESTIONS = ["Which digit is spoken?", "What number do you hear?", "Transcribe the audio."]
 DESCRIBE = [s.replace("{token}", "").strip() for s in STAGE1_INSTRUCTIONS if s != "{token}"]
-MEDIA_MENTIONS = ["{w}", "{n}", "{w} {w}", "the digit {w}", "a {w}", "{n} {w}", "number {n}"]
+# How the user turn names the digit where the media will stand. Each puts the digit after a space, the form
+# captions use, so the model learns to carry it from the prompt into the answer.
+MEDIA_MENTIONS = [
+    "the digit {w}", "a {w}", "number {n}", "digit {n}", "a handwritten {w}", "this is a {w}",
+    "the number {w}", "image of a {w}", "an image: {n}",
+]  # fmt: skip
 
 
 def _im(role: str, text: str) -> str:
@@ -70,7 +75,7 @@ def _answer(rng, d: int) -> str:
 
 def doc_captions(rng, d: int) -> str:
     """A few captions of one digit in a row, in different phrasings."""
-    return " ".join(_caption(rng, d) for _ in range(rng.integers(1, 4)))
+    return " ".join(_caption(rng, d) for _ in range(rng.integers(2, 5)))
 
 
 def doc_chat_caption(rng, d: int) -> str:
@@ -117,11 +122,11 @@ def doc_general(rng, d: int) -> str:
 
 
 DOC_KINDS: list[tuple[float, Callable[[np.random.Generator, int], str]]] = [
-    (0.2, doc_captions),
-    (0.35, doc_chat_caption),
-    (0.2, doc_chat_question),
+    (0.25, doc_captions),
+    (0.4, doc_chat_caption),
+    (0.15, doc_chat_question),
     (0.1, doc_spoken),
-    (0.15, doc_general),
+    (0.1, doc_general),
 ]
 
 

@@ -98,7 +98,30 @@ class PackedTextDataset(Dataset):
         return self.blocks[i]
 
 
-def collate_blocks(blocks: list[torch.Tensor]) -> dict:
-    """input_ids = labels (B, T); the loss shifts them by one."""
-    ids = torch.stack(blocks)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+def document_position_ids(ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """Position ids (B, T) that restart at 0 after every EOS (and at each row start)."""
+    t = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    after_eos = torch.zeros_like(ids, dtype=torch.bool)
+    after_eos[:, 1:] = ids[:, :-1] == eos_token_id
+    starts = torch.where(after_eos | (t == 0), t, torch.zeros_like(t))
+    return t - starts.cummax(dim=1).values
+
+
+class BlockCollator:
+    """Stacks blocks into input_ids = labels (B, T); the loss shifts them by one.
+
+    With `eos_token_id`, attention stays inside each document: position ids restart after every EOS and no
+    attention_mask is passed, from which transformers (5.x, sdpa/eager) builds the block-diagonal causal mask.
+    Without it, plain GPT packing: every token attends to everything before it in the block."""
+
+    def __init__(self, eos_token_id: int | None = None):
+        self.eos_token_id = eos_token_id
+
+    def __call__(self, blocks: list[torch.Tensor]) -> dict:
+        ids = torch.stack(blocks)
+        batch = {"input_ids": ids, "labels": ids.clone()}
+        if self.eos_token_id is None:
+            batch["attention_mask"] = torch.ones_like(ids)
+        else:
+            batch["position_ids"] = document_position_ids(ids, self.eos_token_id)
+        return batch

@@ -12,21 +12,24 @@ from vlmkit.training.losses import token_loss_sum
 
 def causal_lm_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
     """Summed next-token cross-entropy of a plain causal LM on a batch with `input_ids`/`labels` (B, T)."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False)
+    out = model(
+        input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+        position_ids=batch.get("position_ids"), use_cache=False,
+    )  # fmt: skip
     return token_loss_sum(out.logits, batch["labels"]), {}
 
 
 @torch.no_grad()
-def eval_causal_lm_loss(model, blocks: torch.Tensor, batch_size: int = 32) -> float:
-    """Mean next-token loss (nats) over every predicted position of `blocks` (N, T)."""
+def eval_causal_lm_loss(model, blocks: torch.Tensor, collate_fn, batch_size: int = 32) -> float:
+    """Mean next-token loss (nats) over every predicted position of `blocks` (N, T), batched by `collate_fn`."""
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    for batch in DataLoader(blocks, batch_size=batch_size):
-        batch = batch.to(device)
-        loss_sum, _ = causal_lm_loss(model, {"input_ids": batch, "labels": batch})
+    for batch in DataLoader(list(blocks), batch_size=batch_size, collate_fn=collate_fn):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        loss_sum, _ = causal_lm_loss(model, batch)
         total += float(loss_sum)
-        count += batch[:, 1:].numel()
+        count += batch["labels"][:, 1:].numel()
     model.train()
     return total / max(1, count)
 
