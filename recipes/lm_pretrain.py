@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         if cfg.eval_data_path:
             trained = model_for_eval(accelerator, result.model, out, _load_causal_lm)
-            eval_blocks = pack_documents(read_documents(cfg.eval_data_path, **read), tokenizer, cfg.max_length)
+            eval_blocks = pack_documents(
+                read_documents(cfg.eval_data_path, **read), tokenizer, cfg.max_length
+            )
             if cfg.max_eval_blocks > 0:
                 eval_blocks = eval_blocks[: cfg.max_eval_blocks]
             metrics["eval_loss"] = eval_causal_lm_loss(

@@ -75,7 +75,10 @@ def test_block_diagonal_attention_isolates_documents():
     b = torch.tensor([[11, 12, 13, eos, *doc]])
     batches = [BlockCollator(eos)([x[0]]) for x in (a, b)]
     # use_cache=False as in training: transformers detects packing only without a cache and attention_mask
-    out = [model(input_ids=x["input_ids"], position_ids=x["position_ids"], use_cache=False).logits for x in batches]
+    out = [
+        model(input_ids=x["input_ids"], position_ids=x["position_ids"], use_cache=False).logits
+        for x in batches
+    ]
     assert torch.allclose(out[0][0, 4:], out[1][0, 4:], atol=1e-5)
     assert not torch.allclose(out[0][0, :3], out[1][0, :3])
 

@@ -10,7 +10,8 @@ from vlmkit.eval.language import perplexity, unigram_loss
 
 
 def test_unigram_loss_matches_add_one_counts():
-    train = torch.tensor([[9, 0, 0, 1]])  # predicted tokens: 0, 0, 1 (the first of a block is never predicted)
+    # predicted tokens: 0, 0, 1 (the first of a block is never predicted)
+    train = torch.tensor([[9, 0, 0, 1]])
     held_out = torch.tensor([[9, 0, 2]])  # predicted: 0, 2
     vocab = 3
     p0, p2 = (2 + 1) / (3 + vocab), (0 + 1) / (3 + vocab)

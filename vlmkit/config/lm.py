@@ -17,8 +17,12 @@ class LmPretrainConfig(HubArgs, OptimArgs, RunArgs):
     config_name: str | None = _f(
         None, "Train from random init with this model's config (path, hub name or vlmkit-tiny/<name>)."
     )
-    tokenizer_name: str | None = _f(None, "Tokenizer to use (default: that of model_name_or_path/config_name).")
-    attn_implementation: str = _f("auto", "auto (flash_attention_2 on a GPU if installed, else sdpa), sdpa, eager.")
+    tokenizer_name: str | None = _f(
+        None, "Tokenizer to use (default: that of model_name_or_path/config_name)."
+    )
+    attn_implementation: str = _f(
+        "auto", "auto (flash_attention_2 on a GPU if installed, else sdpa), sdpa, eager."
+    )
     data_path: str | None = _f(
         None, "Training text: .txt (documents separated by blank lines), .jsonl/.json, or an HF dataset."
     )

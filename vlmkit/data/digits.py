@@ -371,7 +371,7 @@ def _build(
             counts[f"{kind}_{split}"] = len(records)
     from vlmkit.data.lm_corpus import write_lm_corpus
 
-    counts.update(write_lm_corpus(root, seed))
+    text_documents = write_lm_corpus(root, seed)
     write_json(root / "labels.json", DIGIT_WORDS)
     write_json(
         root / "clip_zero_shot_templates.json",
@@ -386,6 +386,7 @@ def _build(
     )
     return {
         "counts": counts,
+        "text_documents": text_documents,
         "num_images": {s: len(v) for s, v in splits.items()},
         "source": "sklearn.datasets.load_digits (8x8, values 0..16), white digit on black",
     }
