@@ -10,6 +10,7 @@ from pathlib import Path
 
 from vlmkit.config.eval import BenchmarkEvalConfig
 from vlmkit.config.grpo import GRPOConfig
+from vlmkit.config.lm import LmPretrainConfig
 from vlmkit.config.ppo import PPOConfig
 from vlmkit.config.recipes import Stage1Config, Stage2Config
 from vlmkit.config.rlhf import DPOConfig, RewardModelConfig
@@ -40,7 +41,7 @@ def _known_flags() -> set[str]:
 
     known = {"config", *EXTERNAL}
     recipe_configs = (ClipConfig, MaeConfig, Wav2Vec2PretrainConfig, Stage1Config, Stage2Config,
-                      RewardModelConfig, DPOConfig, PPOConfig, GRPOConfig, BenchmarkEvalConfig)  # fmt: skip
+                      RewardModelConfig, DPOConfig, PPOConfig, GRPOConfig, BenchmarkEvalConfig, LmPretrainConfig)  # fmt: skip
     for cls in recipe_configs:
         known |= {f.name for f in dataclasses.fields(cls)} | set(getattr(cls, "ALIASES", {}))
     parsers = [build_parser(), launch_command_parser()]

@@ -186,3 +186,11 @@ def test_shipped_digits_configs_parse():
     s2 = parse_config(Stage2Config, ["--config", str(CONFIGS / "digits_llava_stage2.yaml")])
     assert s1.vision_tower == "vlmkit-tiny/clip-vision" and s1.connector == "mlp2x_gelu"
     assert s2.model_name_or_path and s2.eval_data_path
+
+
+def test_shipped_lm_pretrain_config_parses():
+    from vlmkit.config.lm import LmPretrainConfig
+
+    cfg = parse_config(LmPretrainConfig, ["--config", str(CONFIGS / "digits_lm_pretrain.yaml")])
+    assert cfg.config_name == "vlmkit-tiny/llama" and cfg.eval_data_path.endswith("lm_corpus_eval.txt")
+    assert cfg.attention_within_documents

@@ -10,6 +10,7 @@ import pytest
 
 from vlmkit.config.eval import BenchmarkEvalConfig
 from vlmkit.config.grpo import GRPOConfig
+from vlmkit.config.lm import LmPretrainConfig
 from vlmkit.config.parser import ConfigError, parse_config
 from vlmkit.config.ppo import PPOConfig
 from vlmkit.config.recipes import Stage1Config, Stage2Config
@@ -23,7 +24,7 @@ CONFIGS = ROOT / "recipes" / "configs"
 RECIPE_CONFIGS = {
     "clip_pretrain": ClipConfig, "mae_pretrain": MaeConfig, "wav2vec2_pretrain": Wav2Vec2PretrainConfig,
     "llava_stage1": Stage1Config, "llava_stage2": Stage2Config, "reward_model": RewardModelConfig,
-    "dpo": DPOConfig, "ppo": PPOConfig, "grpo": GRPOConfig, "eval": BenchmarkEvalConfig,
+    "dpo": DPOConfig, "ppo": PPOConfig, "grpo": GRPOConfig, "eval": BenchmarkEvalConfig, "lm_pretrain": LmPretrainConfig,
 }  # fmt: skip
 SHIPPED = {
     "digits_clip.yaml": "clip_pretrain", "digits_mae.yaml": "mae_pretrain",
@@ -37,6 +38,7 @@ SHIPPED = {
     "digits_reward_model.yaml": "reward_model", "digits_dpo.yaml": "dpo",
     "digits_ppo.yaml": "ppo", "spoken_digits_ppo.yaml": "ppo", "ppo_llava.yaml": "ppo",
     "digits_grpo.yaml": "grpo", "spoken_digits_grpo.yaml": "grpo", "digits_eval.yaml": "eval",
+    "digits_lm_pretrain.yaml": "lm_pretrain",
 }  # fmt: skip
 PIPELINES = ("pipeline_digits.yaml",)
 
@@ -67,7 +69,7 @@ IGNORED = {
                  "dataloader_num_workers", "value_model", "kl_controller", "num_ppo_epochs"],
     DPOConfig: ["packing", "group_by_length", "feature_cache_dir", "packing_max_tokens"],
     RewardModelConfig: ["packing", "group_by_length", "feature_cache_dir", "max_new_tokens", "eval_generation"],
-    Stage1Config: ["max_eval_samples", "max_new_tokens", "tune_encoder", "use_lora", "eval_generation"],
+    Stage1Config: ["tune_encoder", "use_lora", "eval_generation"],
     Stage2Config: ["build_embedded_data", "eval_prompts_path"],
     ClipConfig: ["use_liger_kernel", "data_format", "packing"],
     MaeConfig: ["use_liger_kernel", "attn_implementation", "lock_text_tower"],

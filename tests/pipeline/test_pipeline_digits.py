@@ -106,7 +106,7 @@ def test_mae_tower_branch_learns(tmp_path: Path, vlmkit_session_env):
     stage 2, run with `--only` into a fresh directory."""
     proc = _vlmkit(
         "pipeline", "--config", "recipes/configs/pipeline_digits.yaml", "--output_dir", str(tmp_path),
-        "--only", "mae", "mae_stage1", "mae_stage2",
+        "--only", "lm_pretrain", "mae", "mae_stage1", "mae_stage2",
     )  # fmt: skip
     stdout, _ = proc.communicate(timeout=1200)
     assert proc.returncode == 0, stdout[-3000:]
@@ -131,7 +131,7 @@ def _small_pipeline(tmp: Path, out: Path) -> Path:
         "stages": [
             {
                 "name": "stage1", "recipe": "llava_stage1", "config": "recipes/configs/digits_llava_stage1.yaml",
-                "args": {"max_steps": 20, "report_to": "none"},
+                "args": {"max_steps": 20, "report_to": "none", "language_model": "vlmkit-tiny/llama"},
             },
             {
                 "name": "stage2", "recipe": "llava_stage2", "config": "recipes/configs/digits_llava_stage2.yaml",

@@ -38,7 +38,11 @@ def assert_run_contract(out: Path, *, adapter: bool = False, eval_keys: tuple[st
 
 @pytest.mark.slow
 def test_stage1_writes_the_run_contract(stage1_checkpoint):
-    metrics = assert_run_contract(stage1_checkpoint, eval_keys=("eval_loss",))
+    metrics = assert_run_contract(
+        stage1_checkpoint,
+        eval_keys=("eval_loss", "eval_image_gain", "eval_loss_text_only", "eval_media_feature_cosine",
+                   "eval_caption_digit_accuracy"),
+    )  # fmt: skip
     config = yaml.safe_load((stage1_checkpoint / "config.yaml").read_text())
     assert config["max_steps"] == metrics["global_step"] == 30
     assert config["vision_tower"] == "vlmkit-tiny/clip-vision"

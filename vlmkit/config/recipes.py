@@ -21,10 +21,13 @@ from vlmkit.config.args import (
 
 
 @dataclass
-class Stage1Config(HubArgs, PackingArgs, TokenizeArgs, DataArgs, ModelArgs, OptimArgs, EpochArgs, RunArgs):
+class Stage1Config(
+    HubArgs, EvalArgs, PackingArgs, TokenizeArgs, DataArgs, ModelArgs, OptimArgs, EpochArgs, RunArgs
+):
     """Stage 1 (align): encoder and LLM frozen, the connector learns from captions."""
 
     learning_rate: float = _f(1e-3, "Peak learning rate of the connector.", ge=0)
+    max_new_tokens: int = _f(8, "Tokens generated per held-out caption (eval_caption_digit_accuracy).", ge=1)
 
 
 @dataclass

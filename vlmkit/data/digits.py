@@ -27,7 +27,7 @@ from vlmkit.data.records import IMAGE_TOKEN
 
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 NUMERALS = [str(d) for d in range(10)]
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the LM pretraining corpus lm_corpus_{train,eval}.txt
 MANIFEST = "manifest.json"
 COMPLETE_MARKER = "BUILD_COMPLETE"
 
@@ -290,6 +290,7 @@ def build_digits_dataset(
     shifted by up to `max_shift` pixels). Split: stratified by label, `eval_fraction` held out.
     JSON files: stage1_*, stage2_* (LLaVA), clip_* (image/caption/label), clip_zero_shot_templates,
     preference_*, prompts_* (for train and eval), labels (class names), manifest (counts, fingerprint).
+    Text: lm_corpus_{train,eval}.txt, the LLM pretraining corpus (`vlmkit.data.lm_corpus`).
     Returns absolute paths keyed by file stem plus "root" and "manifest".
     """
     if image_size < 8:
@@ -348,6 +349,9 @@ def _build(
         for kind, records in files.items():
             write_json(root / f"{kind}_{split}.json", records)
             counts[f"{kind}_{split}"] = len(records)
+    from vlmkit.data.lm_corpus import write_lm_corpus
+
+    text_documents = write_lm_corpus(root, seed)
     write_json(root / "labels.json", DIGIT_WORDS)
     write_json(
         root / "clip_zero_shot_templates.json",
@@ -362,6 +366,7 @@ def _build(
     )
     return {
         "counts": counts,
+        "text_documents": text_documents,
         "num_images": {s: len(v) for s, v in splits.items()},
         "source": "sklearn.datasets.load_digits (8x8, values 0..16), white digit on black",
     }

@@ -45,7 +45,7 @@ def resolve_data_path(path: str | None) -> str | None:
     root = build_embedded(name)
     resolved = root / rest
     if not resolved.exists():
-        available = sorted(p.name for p in [*root.glob("*.json"), *root.glob("*.tsv")])
+        available = sorted(p.name for p in root.iterdir() if p.suffix in (".json", ".tsv", ".txt"))
         raise FileNotFoundError(f"{path}: no such file in the embedded '{name}' data; available: {available}")
     return str(resolved)
 

@@ -148,3 +148,21 @@ def encoder_card(cfg, spec: EncoderCard) -> Callable[[Path, dict], Path]:
         )  # fmt: skip
 
     return write
+
+
+def causal_lm_card(cfg, usage: str) -> Callable[[Path, dict], Path]:
+    """The `card` of a text stage-0 run (causal LM pretraining) for `Run.finish`."""
+
+    def write(out_dir: Path, metrics: dict) -> Path:
+        out_dir = Path(out_dir)
+        return write_model_card(
+            out_dir, title=f"{cfg.hub_model_id or out_dir.name} (stage 0 causal LM)", base_encoder="none",
+            base_language_model=cfg.model_name_or_path or f"new, config of {cfg.config_name}", connector="none",
+            stage="stage 0 (causal LM pretraining)", parent_checkpoint=cfg.model_name_or_path,
+            data=data_summary(cfg), metrics=metrics,
+            lineage=[{"stage": "stage 0 (causal LM)", "output_dir": str(out_dir.resolve())}],
+            usage=usage.format(path=cfg.hub_model_id or out_dir), tags=("vlmkit", "causal-lm", "text"),
+            pipeline_tag="text-generation",
+        )  # fmt: skip
+
+    return write
