@@ -156,3 +156,11 @@ def test_the_check_allows_downward_and_same_package_imports():
     targets = imported_modules(source, "vlmkit.training.loop")
     assert [t for t, _ in targets] == ["vlmkit.data.records", "vlmkit.training", "vlmkit"]
     assert [violation("vlmkit.training.loop", t) for t, _ in targets] == [None, None, None]
+
+
+@pytest.mark.parametrize("path", [p for p in all_modules() if p.stem != "__main__"], ids=module_name)
+def test_every_module_imports(path: Path):
+    """Parsing the imports is not enough: every module must also import (no name moved away under it)."""
+    import importlib
+
+    importlib.import_module(module_name(path))

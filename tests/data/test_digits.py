@@ -1,4 +1,4 @@
-"""The embedded digits dataset: split, files, record formats, determinism; `digit_in` reads the answers."""
+"""The embedded digits dataset: split, files, record formats, determinism; `digit_named_in` reads the answers."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pytest
 from PIL import Image
 
 import vlmkit.data.digits as digits_mod
-from tests.helpers.digits import digit_in
-from vlmkit.data.digits import DIGIT_WORDS, build_digits_dataset
+from vlmkit.data.digits import DIGIT_WORDS, build_digits_dataset, digit_named_in
 
 
 def _load(paths: dict[str, str], stem: str) -> list | dict:
@@ -95,10 +94,10 @@ def test_preference_and_prompt_records(built):
     for r in prefs:
         d = str(_label_of(r["images"][0]))
         assert r["prompt"].count("<image>") == 1 and len(r["images"]) == 1
-        assert digit_in(r["chosen"]) == d != digit_in(r["rejected"])
+        assert digit_named_in(r["chosen"]) == d != digit_named_in(r["rejected"])
         if r["chosen"] != d:  # a sentence pair differing only in the digit
             hard += 1
-            assert r["chosen"].replace(d, "#") == r["rejected"].replace(digit_in(r["rejected"]), "#")
+            assert r["chosen"].replace(d, "#") == r["rejected"].replace(digit_named_in(r["rejected"]), "#")
     assert 0.3 < hard / len(prefs) < 0.7
     for r in _load(built, "prompts_eval"):
         assert r["answer"] == str(_label_of(r["images"][0])) and "<image>" in r["prompt"]
@@ -189,4 +188,4 @@ def test_bad_parameters(tmp_path, kwargs):
     ],
 )
 def test_digit_in(text, expected):
-    assert digit_in(text) == expected
+    assert digit_named_in(text) == expected

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers.digits import digit_in
-from vlmkit.data.digits import DIGIT_WORDS
+from vlmkit.data.digits import DIGIT_WORDS, digit_named_in
 from vlmkit.data.spoken_digits import build_spoken_digits_dataset, fit_clip
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
@@ -75,7 +74,7 @@ def test_eval_accent_is_held_out_and_records_match(built):
             assert DIGIT_WORDS[int(d)] in caption or f" {d}," in caption
         for r in _load(built, f"audio_preference_{split}"):
             d = Path(r["audios"][0]).parent.name
-            assert digit_in(r["chosen"]) == d != digit_in(r["rejected"])
+            assert digit_named_in(r["chosen"]) == d != digit_named_in(r["rejected"])
             assert "<audio>" in r["prompt"]
         for r in _load(built, f"audio_prompts_{split}"):
             assert r["answer"] == Path(r["audios"][0]).parent.name and len(r["audios"]) == 1

@@ -25,7 +25,7 @@ SHORT = ["--max_steps", "2", "--logging_steps", "1", "--report_to", "none"]
 @pytest.fixture
 def tiny_parts() -> None:
     """Build the tiny tower and LLM here first: two ranks building them into an empty cache at once would race."""
-    from vlmkit.models.tiny import resolve_model_path
+    from vlmkit.models.model_paths import resolve_model_path
 
     for name in ("vlmkit-tiny/clip-vision", "vlmkit-tiny/llama"):
         resolve_model_path(name)

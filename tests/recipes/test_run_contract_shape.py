@@ -35,3 +35,10 @@ def test_recipe_opens_and_closes_through_run(path: Path):
     assert "return run.finish(metrics, card=" in source
     assert [name for name in HAND_MADE if name in source] == []
     assert len(source.splitlines()) < 200
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.py")), ids=lambda p: p.stem
+)
+def test_recipe_imports(path: Path, recipe):
+    assert callable(recipe(path.stem).main)

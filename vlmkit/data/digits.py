@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 import uuid
@@ -71,6 +72,28 @@ FOLLOW_UPS: list[tuple[str, Callable[[int], str]]] = [
     ("Is it an even number?", lambda d: "yes" if d % 2 == 0 else "no"),
     ("Write the digit as a word.", lambda d: DIGIT_WORDS[d]),
 ]
+
+
+_WORD_TO_NUMERAL = {w: str(i) for i, w in enumerate(DIGIT_WORDS)}
+
+
+def digit_named_in(text: str) -> str:
+    """The digit a free-form text names (a caption, an answer sentence), for reading digits back out of text;
+    answer accuracy uses `vlmkit.eval.answers.exact_match`, not this.
+
+    Steps: lowercase; replace every character that is not a-z or 0-9 with a space; split on whitespace;
+    return the first token that is a single numeral ("7") or a digit word ("seven" -> "7"). If no token is a
+    digit, return the cleaned tokens joined by one space, so it never equals a numeral by accident:
+    "Seven." -> "7", "The digit is 7" -> "7", " 7 " -> "7", "seventeen" -> "seventeen", "17" -> "17",
+    "Yes!" -> "yes", "" -> "".
+    """
+    tokens = re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+    for tok in tokens:
+        if len(tok) == 1 and tok.isdigit():
+            return tok
+        if tok in _WORD_TO_NUMERAL:
+            return _WORD_TO_NUMERAL[tok]
+    return " ".join(tokens)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from vlmkit.data.digits import normalize_answer
+from vlmkit.data.digits import digit_named_in
 from vlmkit.data.sft_dataset import pad_sequences
 from vlmkit.data.tokenize import IGNORE_INDEX
 from vlmkit.eval.answers import generate_answers
@@ -54,7 +54,7 @@ def caption_digit_accuracy(model, processor, samples: list, **generate_kwargs) -
     """Share of samples whose generated caption names the digit of the reference caption; None when no
     reference caption names a digit (not digit data)."""
     pairs = generate_answers(model, processor, samples, **generate_kwargs)
-    digits = [(normalize_answer(pred), normalize_answer(ref or "")) for pred, ref in pairs]
+    digits = [(digit_named_in(pred), digit_named_in(ref or "")) for pred, ref in pairs]
     scored = [(p, r) for p, r in digits if len(r) == 1 and r.isdigit()]
     if not scored:
         return None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from vlmkit.models.build import load_language_model, resolve_attn_implementation
+from vlmkit.models.model_paths import resolve_model_path
 from vlmkit.models.processor import ensure_special_tokens
-from vlmkit.models.tiny import resolve_model_path
 
 logger = logging.getLogger(__name__)
 
