@@ -38,8 +38,13 @@ def sample_messages(sample: Sample) -> list[dict]:
     messages = []
     for turn in sample.turns:
         if "<audio>" in turn.text:
-            raise BadSampleError(sample.source, sample.index, "conversations", "audio is not supported by "
-                                 "native image-text models; use a vlmkit composite model with an audio encoder")
+            raise BadSampleError(
+                sample.source,
+                sample.index,
+                "conversations",
+                "audio is not supported by "
+                "native image-text models; use a vlmkit composite model with an audio encoder",
+            )
         parts: list[dict] = []
         for i, piece in enumerate(turn.text.split(IMAGE_TOKEN)):
             if i:
@@ -88,19 +93,28 @@ class NativeEncoder:
         """Qwen2-VL dynamic resolution: images are resized to hold between min and max pixels."""
         images = self.processor.image_processor
         if not hasattr(images, "min_pixels") and "shortest_edge" not in (images.size or {}):
-            raise ValueError(f"min_pixels/max_pixels apply to Qwen2-VL-style processors, not {type(images).__name__}")
+            raise ValueError(
+                f"min_pixels/max_pixels apply to Qwen2-VL-style processors, not {type(images).__name__}"
+            )
         size = dict(images.size)
         if min_pixels is not None:
-            size["shortest_edge"] = images.min_pixels = min_pixels
+            size["shortest_edge"] = min_pixels
         if max_pixels is not None:
-            size["longest_edge"] = images.max_pixels = max_pixels
+            size["longest_edge"] = max_pixels
         images.size = size
+        if hasattr(images, "min_pixels"):  # the deprecated duplicates would override `size`
+            images.min_pixels = images.max_pixels = None
 
     def _images(self, sample: Sample) -> list:
-        return [load_media_item(m, modality="image", source=sample.source, index=sample.index) for m in sample.images]
+        return [
+            load_media_item(m, modality="image", source=sample.source, index=sample.index)
+            for m in sample.images
+        ]
 
     def _run(self, messages: list[dict], images: list, *, generation_prompt: bool) -> dict:
-        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        text = self.processor.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
         n_images = sum(p["type"] == "image" for m in messages for p in m["content"])
         kwargs = {"images": [images[:n_images]]} if n_images else {}
         out = self.processor(text=[text], return_tensors="pt", **kwargs)
@@ -113,14 +127,18 @@ class NativeEncoder:
             raise BadSampleError(sample.source, sample.index, "images", f"{n_placeholders} <image> placeholders "
                                  f"but {len(images)} images")  # fmt: skip
         if self.model_type == "paligemma" and not images:
-            raise BadSampleError(sample.source, sample.index, "images", "PaliGemma needs an image in every sample")
+            raise BadSampleError(
+                sample.source, sample.index, "images", "PaliGemma needs an image in every sample"
+            )
 
     def encode(self, sample: Sample) -> dict:
         """Model inputs of one sample (batch dimension 1) with `labels` on assistant tokens only."""
         messages, images = sample_messages(sample), self._images(sample)
         self._check(sample, messages, images)
         if not any(m["role"] == "assistant" for m in messages):
-            raise BadSampleError(sample.source, sample.index, "conversations", "no assistant turn to learn from")
+            raise BadSampleError(
+                sample.source, sample.index, "conversations", "no assistant turn to learn from"
+            )
         out = self._run(messages, images, generation_prompt=False)
         full = out["input_ids"][0].tolist()
         labels = [IGNORE_INDEX] * len(full)
@@ -128,7 +146,9 @@ class NativeEncoder:
             if message["role"] != "assistant":
                 continue
             before = self._run(messages[:k], images, generation_prompt=True)["input_ids"][0].tolist()
-            after = self._run(messages[: k + 1], images, generation_prompt=False)["input_ids"][0].tolist()
+            after = full
+            if k + 1 < len(messages):
+                after = self._run(messages[: k + 1], images, generation_prompt=False)["input_ids"][0].tolist()
             start, end = _common_prefix(before, full), _common_prefix(after, full)
             span = full[start:end]
             if self.end_of_turn_id in span:
@@ -158,8 +178,12 @@ class NativeEncoder:
             if key in out:
                 out[key] = out[key][:, : self.max_length]
         if not (out["labels"] != IGNORE_INDEX).any():
-            raise SampleDropped(sample.source, sample.index, "max_length",
-                                f"no supervised tokens left after truncation to max_length={self.max_length}")
+            raise SampleDropped(
+                sample.source,
+                sample.index,
+                "max_length",
+                f"no supervised tokens left after truncation to max_length={self.max_length}",
+            )
         return out
 
     def encode_prompt(self, sample: Sample) -> tuple[dict, str | None]:

@@ -22,7 +22,9 @@ from vlmkit.models.native.templates import TEMPLATES
 from vlmkit.models.tiny import _CORPUS, tiny_cache_dir
 
 NATIVE_PREFIX = "vlmkit-tiny/native-"
-_DIGITS = ["The digit is 0 1 2 3 4 5 6 7 8 9. What digit is this? Read the digit in the image. USER ASSISTANT"]
+_DIGITS = [
+    "The digit is 0 1 2 3 4 5 6 7 8 9. What digit is this? Read the digit in the image. USER ASSISTANT"
+]
 _TEXT = dict(
     hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
     head_dim=16, max_position_embeddings=1024, tie_word_embeddings=False,
@@ -72,8 +74,11 @@ def _llava_like(family: str):
     image_id, pinpoints = tokenizer.convert_tokens_to_ids("<image>"), [[32, 32], [32, 64], [64, 32], [64, 64]]
     text = {**_TEXT, **_text_ids(tokenizer)}
     if family == "llava":
-        config = tf.LlavaConfig(vision_config=tf.CLIPVisionConfig(**_VISION).to_dict(),
-                                text_config=tf.LlamaConfig(**text).to_dict(), image_token_index=image_id)
+        config = tf.LlavaConfig(
+            vision_config=tf.CLIPVisionConfig(**_VISION).to_dict(),
+            text_config=tf.LlamaConfig(**text).to_dict(),
+            image_token_index=image_id,
+        )
         images = tf.CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
         processor = tf.LlavaProcessor(images, tokenizer, patch_size=8, num_additional_image_tokens=1,
                                       vision_feature_select_strategy="default")  # fmt: skip
@@ -91,7 +96,9 @@ def _llava_like(family: str):
             image_token_index=image_id, video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
             image_grid_pinpoints=pinpoints, vision_feature_layer=-1, vision_feature_select_strategy="full",
         )  # fmt: skip
-        images = tf.LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints)
+        images = tf.LlavaOnevisionImageProcessorPil(
+            size={"height": 32, "width": 32}, image_grid_pinpoints=pinpoints
+        )
         with image_only(tf.LlavaOnevisionProcessor):
             processor = tf.LlavaOnevisionProcessor(images, tokenizer, num_image_tokens=16,
                                                    vision_feature_select_strategy="full")  # fmt: skip
@@ -109,7 +116,9 @@ def _qwen2_vl(family: str):
     image_id, video_id, start_id = _ids(tokenizer, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>")
     text = {**_TEXT, **_text_ids(tokenizer), "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                                                                 "mrope_section": [2, 3, 3]}}  # fmt: skip
-    vision = dict(depth=2, hidden_size=64, num_heads=4, patch_size=8, spatial_merge_size=2, temporal_patch_size=2)
+    vision = dict(
+        depth=2, hidden_size=64, num_heads=4, patch_size=8, spatial_merge_size=2, temporal_patch_size=2
+    )
     if family == "qwen2_vl":
         vision = {**vision, "embed_dim": 64}
         config_cls, processor_cls = tf.Qwen2VLConfig, tf.Qwen2VLProcessor
@@ -158,11 +167,19 @@ def _paligemma(family: str):
 def _gemma3(family: str):
     import transformers as tf
 
-    named = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    named = {
+        "boi_token": "<start_of_image>",
+        "eoi_token": "<end_of_image>",
+        "image_token": "<image_soft_token>",
+    }
     tokenizer = _tokenizer("<bos>", "<eos>", "<pad>", ["<start_of_turn>", "<end_of_turn>"], named)
     boi, eoi, image = _ids(tokenizer, *named.values())
-    text = {**_TEXT, **_text_ids(tokenizer), "sliding_window": 64, "eos_token_id": _ids(tokenizer, "<eos>",
-                                                                                            "<end_of_turn>")}
+    text = {
+        **_TEXT,
+        **_text_ids(tokenizer),
+        "sliding_window": 64,
+        "eos_token_id": _ids(tokenizer, "<eos>", "<end_of_turn>"),
+    }
     config = tf.Gemma3Config(
         text_config=tf.Gemma3TextConfig(**text).to_dict(), vision_config=tf.SiglipVisionConfig(**_VISION).to_dict(),
         mm_tokens_per_image=4, boi_token_index=boi, eoi_token_index=eoi, image_token_index=image,
@@ -197,7 +214,9 @@ def _write(family: str, out: Path) -> None:
     model = AutoModelForImageTextToText.from_config(config)
     tok = processor.tokenizer
     eos = getattr(text_config, "eos_token_id", None) or tok.eos_token_id
-    model.generation_config.update(pad_token_id=tok.pad_token_id, eos_token_id=eos, bos_token_id=tok.bos_token_id)
+    model.generation_config.update(
+        pad_token_id=tok.pad_token_id, eos_token_id=eos, bos_token_id=tok.bos_token_id
+    )
     model.save_pretrained(out)
 
 
