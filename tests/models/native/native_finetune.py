@@ -30,9 +30,12 @@ class LoopConfig(OptimArgs, RunArgs):
     """RunArgs + OptimArgs, as every recipe config has them."""
 
 
-def digits(split: str, limit: int, seed: int = 0) -> list:
+def digits(split: str, limit: int = 0, seed: int = 0) -> list:
+    """The embedded digits stage-2 records of `split`; `limit` > 0 takes a seeded random subset."""
     samples = read_dataset(resolve_data_path(f"vlmkit-data/digits/stage2_{split}.json"))
-    return random.Random(seed).sample(samples, min(limit, len(samples)))
+    if limit <= 0 or limit >= len(samples):
+        return samples
+    return random.Random(seed).sample(samples, limit)
 
 
 def finetune(
@@ -42,7 +45,7 @@ def finetune(
     lora: bool,
     steps: int,
     lr: float,
-    n_train: int = 640,
+    n_train: int = 0,
     n_eval: int = 120,
     batch_size: int = 16,
     lora_r: int = 16,

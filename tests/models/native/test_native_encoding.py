@@ -119,30 +119,33 @@ def test_qwen2_vl_pixel_budget_sets_the_grid(native_vlm):
     _, processor, _ = native_vlm("qwen2_vl")
     sample = Sample([Turn("user", "<image>\nWhat?"), Turn("assistant", "7")], images=[_image(64)])
     default = NativeEncoder(processor, "qwen2_vl").encode(sample)
-    assert default["image_grid_thw"].tolist() == [[1, 8, 8]]
+    assert default["image_grid_thw"].tolist() == [[1, 4, 4]]  # 16-pixel patches
     from vlmkit.models.native.loading import load_processor
 
     small = NativeEncoder(load_processor(native_vlm("qwen2_vl")[2]), "qwen2_vl", max_pixels=32 * 32)
     encoded = small.encode(sample)
-    assert encoded["image_grid_thw"].tolist() == [[1, 4, 4]]
+    assert encoded["image_grid_thw"].tolist() == [[1, 2, 2]]
     image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    assert int((encoded["input_ids"] == image_id).sum()) == 4  # 16 patches merged 2x2
+    assert int((encoded["input_ids"] == image_id).sum()) == 1  # 4 patches merged 2x2
+    assert int((default["input_ids"] == image_id).sum()) == 4
 
 
 def test_truncation_never_cuts_media(native_vlm):
     _, processor, _ = native_vlm("llava")
-    long_answer = Sample(
-        [Turn("user", "<image>\nWhat?"), Turn("assistant", "seven " * 40)], images=[_image()]
-    )
+    question = "zero one two three four five six seven eight nine <image>\nWhat?"
+    long_answer = Sample([Turn("user", question), Turn("assistant", "seven " * 40)], images=[_image()])
     full = NativeEncoder(processor, "llava").encode(long_answer)
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    image_at = full["input_ids"][0].tolist().index(image_id)
+    assert 10 < image_at < 40
     cut = NativeEncoder(processor, "llava", max_length=40).encode(long_answer)
     assert cut["input_ids"].shape[1] == 40
     assert torch.equal(cut["input_ids"][0], full["input_ids"][0][:40])
-    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
-    assert int((cut["input_ids"] == image_id).sum()) == 16
+    assert torch.equal(cut["labels"][0], full["labels"][0][:40])
+    assert int((cut["input_ids"] == image_id).sum()) == int((full["input_ids"] == image_id).sum())
     with pytest.raises(BadSampleError, match="record 0, field 'max_length'.*cut through media"):
         NativeEncoder(processor, "llava", max_length=10).encode(long_answer)
-    dropping = NativeEncoder(processor, "llava", max_length=12, truncation="drop")
+    dropping = NativeEncoder(processor, "llava", max_length=10, truncation="drop")
     with pytest.raises(SampleDropped):
         dropping.encode(long_answer)
     short = Sample([Turn("user", "Hi"), Turn("assistant", "7")])

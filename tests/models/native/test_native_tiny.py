@@ -74,7 +74,7 @@ def test_qwen2_vl_processor_loads_image_only_without_torchvision():
     out = build_tiny_native("qwen2_vl")
     processor = load_processor(out)
     assert type(processor).__name__ == "Qwen2VLProcessor"
-    assert processor.image_processor.patch_size == 8
+    assert processor.image_processor.patch_size == 16
     assert "<|vision_start|>" in processor.chat_template
 
 

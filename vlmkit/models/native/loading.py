@@ -134,7 +134,7 @@ def load_native_vlm(
     """(model, processor) of a native image-text checkpoint; NativeModelError when it is not one."""
     from transformers import AutoModelForImageTextToText
 
-    from vlmkit.models.build import quantization_config_4bit
+    from vlmkit.models.build import _device_index, quantization_config_4bit
 
     path = Path(path)
     check_native_config(path, trust_remote_code=trust_remote_code)
@@ -145,6 +145,6 @@ def load_native_vlm(
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     if load_in_4bit:
-        kwargs.update(quantization_config=quantization_config_4bit(), device_map="cpu")
+        kwargs.update(quantization_config=quantization_config_4bit(), device_map={"": _device_index()})
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     return model, processor

@@ -33,6 +33,10 @@ _VISION = dict(image_size=32, patch_size=8, hidden_size=64, intermediate_size=12
                num_attention_heads=4)  # fmt: skip
 
 
+# One patch per 32-pixel image, wide: the image reaches the LM as one rich token (fast to learn from).
+_ONE_TOKEN_VISION = {**_VISION, "patch_size": 32, "hidden_size": 128, "intermediate_size": 256}
+
+
 def _tokenizer(bos: str | None, eos: str, pad: str, specials: list[str], named: dict[str, str]):
     """A byte-level BPE tokenizer with `specials` (bos/eos/pad included) and named extra special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -75,12 +79,12 @@ def _llava_like(family: str):
     text = {**_TEXT, **_text_ids(tokenizer)}
     if family == "llava":
         config = tf.LlavaConfig(
-            vision_config=tf.CLIPVisionConfig(**_VISION).to_dict(),
+            vision_config=tf.CLIPVisionConfig(**_ONE_TOKEN_VISION).to_dict(),
             text_config=tf.LlamaConfig(**text).to_dict(),
             image_token_index=image_id,
         )
         images = tf.CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-        processor = tf.LlavaProcessor(images, tokenizer, patch_size=8, num_additional_image_tokens=1,
+        processor = tf.LlavaProcessor(images, tokenizer, patch_size=32, num_additional_image_tokens=1,
                                       vision_feature_select_strategy="default")  # fmt: skip
     elif family == "llava_next":
         config = tf.LlavaNextConfig(vision_config=tf.CLIPVisionConfig(**_VISION).to_dict(),
@@ -117,10 +121,10 @@ def _qwen2_vl(family: str):
     text = {**_TEXT, **_text_ids(tokenizer), "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
                                                                 "mrope_section": [2, 3, 3]}}  # fmt: skip
     vision = dict(
-        depth=2, hidden_size=64, num_heads=4, patch_size=8, spatial_merge_size=2, temporal_patch_size=2
+        depth=2, hidden_size=64, num_heads=4, patch_size=16, spatial_merge_size=2, temporal_patch_size=2
     )
     if family == "qwen2_vl":
-        vision = {**vision, "embed_dim": 64}
+        vision = {**vision, "embed_dim": 128}
         config_cls, processor_cls = tf.Qwen2VLConfig, tf.Qwen2VLProcessor
     else:
         vision = {**vision, "out_hidden_size": 64, "intermediate_size": 128, "window_size": 32,
@@ -128,8 +132,8 @@ def _qwen2_vl(family: str):
         config_cls, processor_cls = tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLProcessor
     config = config_cls(text_config=text, vision_config=vision, image_token_id=image_id,
                         video_token_id=video_id, vision_start_token_id=start_id)  # fmt: skip
-    images = tf.Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2,
-                                         size={"shortest_edge": 16 * 16, "longest_edge": 64 * 64})  # fmt: skip
+    images = tf.Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
+                                         size={"shortest_edge": 32 * 32, "longest_edge": 128 * 128})  # fmt: skip
     with image_only(processor_cls):
         return config, processor_cls(images, tokenizer)
 
