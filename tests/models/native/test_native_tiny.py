@@ -81,3 +81,10 @@ def test_qwen2_vl_processor_loads_image_only_without_torchvision():
 def test_unknown_family_names_the_valid_ones(tmp_path):
     with pytest.raises(ValueError, match="valid: llava"):
         build_tiny_native("blip9", tmp_path / "x")
+
+
+def test_tiny_native_names_resolve_to_built_directories():
+    from vlmkit.models.native.tiny import resolve_native_model_path
+
+    assert resolve_native_model_path("vlmkit-tiny/native-llava") == str(build_tiny_native("llava"))
+    assert resolve_native_model_path("Qwen/Qwen2-VL-2B-Instruct") == "Qwen/Qwen2-VL-2B-Instruct"

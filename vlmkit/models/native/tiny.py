@@ -242,3 +242,10 @@ def build_tiny_native(family: str, out_dir: str | Path | None = None, seed: int 
     except OSError:  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def resolve_native_model_path(name_or_path: str | None) -> str | None:
+    """Map `vlmkit-tiny/native-<family>` to its built directory; anything else is returned unchanged."""
+    if name_or_path and name_or_path.startswith(NATIVE_PREFIX):
+        return str(build_tiny_native(name_or_path[len(NATIVE_PREFIX) :]))
+    return name_or_path
