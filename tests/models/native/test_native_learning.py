@@ -17,19 +17,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from native_finetune import finetune  # noqa: E402
 
-# family, mode -> (steps, learning rate, accuracy to reach)
+# family, mode -> (steps, learning rate, LoRA rank, accuracy to reach); batch 16, all 1437 training records
 BUDGETS = {
-    ("qwen2_vl", "full"): (300, 2e-3, 0.90),
-    ("llava", "full"): (300, 2e-3, 0.90),
-    ("qwen2_vl", "lora"): (300, 5e-3, 0.80),
-    ("llava", "lora"): (300, 5e-3, 0.80),
+    ("qwen2_vl", "full"): (500, 2e-3, 0, 0.90),
+    ("llava", "full"): (500, 2e-3, 0, 0.90),
+    ("qwen2_vl", "lora"): (800, 2e-3, 32, 0.80),
+    ("llava", "lora"): (800, 2e-3, 32, 0.80),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family,mode", sorted(BUDGETS))
 def test_tiny_native_vlm_learns_the_digits(family, mode, digits_data, tmp_path):
-    steps, lr, target = BUDGETS[family, mode]
-    result = finetune(family, tmp_path / "run", lora=mode == "lora", steps=steps, lr=lr)
+    steps, lr, rank, target = BUDGETS[family, mode]
+    result = finetune(family, tmp_path / "run", lora=mode == "lora", steps=steps, lr=lr, lora_r=rank or 16)
+    print(family, mode, {k: v for k, v in result.items() if k != "examples"})
     assert result["last_loss"] < result["first_loss"] / 4
     assert result["accuracy"] >= target, (result["accuracy"], result["examples"][:5])
