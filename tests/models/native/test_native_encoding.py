@@ -128,6 +128,8 @@ def test_qwen2_vl_pixel_budget_sets_the_grid(native_vlm):
     image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert int((encoded["input_ids"] == image_id).sum()) == 1  # 4 patches merged 2x2
     assert int((default["input_ids"] == image_id).sum()) == 4
+    with pytest.raises(ValueError, match="Qwen2-VL-style processors, not CLIPImageProcessorPil"):
+        NativeEncoder(native_vlm("llava")[1], "llava", max_pixels=32 * 32)
 
 
 def test_truncation_never_cuts_media(native_vlm):

@@ -92,7 +92,7 @@ class NativeEncoder:
     def _set_pixel_budget(self, min_pixels: int | None, max_pixels: int | None) -> None:
         """Qwen2-VL dynamic resolution: images are resized to hold between min and max pixels."""
         images = self.processor.image_processor
-        if not hasattr(images, "min_pixels") and "shortest_edge" not in (images.size or {}):
+        if not hasattr(images, "merge_size"):
             raise ValueError(
                 f"min_pixels/max_pixels apply to Qwen2-VL-style processors, not {type(images).__name__}"
             )
