@@ -42,3 +42,27 @@ def test_lora_trains_adapters_connector_and_extra_modules_only(family):
     assert any(connector.split(".")[-1] + ".modules_to_save" in n for n in trainable)
     assert any("lm_head.modules_to_save" in n for n in trainable)
     assert not any("lora_" in n and (".vision_tower." in n or ".visual.blocks" in n) for n in trainable)
+
+
+@pytest.mark.slow
+def test_qlora_loads_in_4bit_and_trains_the_adapters():
+    """4-bit base (bitsandbytes nf4, CPU) + LoRA: one backward gives gradients to the adapters only."""
+    from vlmkit.data.records import Sample, Turn
+    from vlmkit.models.native.collate import NativeCollator
+    from vlmkit.models.native.dataset import native_sft_loss
+    from vlmkit.models.native.encoding import NativeEncoder
+
+    pytest.importorskip("bitsandbytes")
+    model, processor = load_native_vlm(build_tiny_native("llava"), load_in_4bit=True)
+    quantized = {n for n, m in model.named_modules() if type(m).__name__ == "Linear4bit"}
+    assert quantized and all(n.startswith("model.language_model.") for n in quantized), quantized
+    peft_model = apply_native_lora(model, r=4, alpha=8)
+    sample = Sample([Turn("user", "Say a digit."), Turn("assistant", "seven")])
+    batch = NativeCollator(processor.tokenizer.pad_token_id, "llava")(
+        [NativeEncoder(processor, "llava").encode(sample)]
+    )
+    loss, _ = native_sft_loss(peft_model, batch)
+    loss.backward()
+    with_grad = {n for n, p in peft_model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any("lora_B" in n for n in with_grad)
+    assert all("lora_" in n or "modules_to_save" in n for n in with_grad), with_grad

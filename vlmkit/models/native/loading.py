@@ -18,6 +18,12 @@ from unittest import mock
 
 from vlmkit.models.vlm import CONFIG_FILE as VLMKIT_CONFIG_FILE
 
+# Patterns (matched from the start of a module name) kept out of 4-bit quantization.
+QUANTIZATION_SKIP = (
+    r".*\.vision_tower", r".*\.visual", r".*\.vision_model", r".*\.multi_modal_projector", r".*\.connector",
+    "lm_head",
+)  # fmt: skip
+
 
 class NativeModelError(ValueError):
     """A checkpoint that cannot be loaded as a native image-text model; the message says what to do."""
@@ -145,6 +151,11 @@ def load_native_vlm(
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     if load_in_4bit:
-        kwargs.update(quantization_config=quantization_config_4bit(), device_map={"": _device_index()})
+        from transformers import BitsAndBytesConfig
+
+        # Only the language model is quantized: the tower, the connector (trained in full) and lm_head stay.
+        settings = {**quantization_config_4bit().to_dict(), "llm_int8_skip_modules": [*QUANTIZATION_SKIP]}
+        quantization = BitsAndBytesConfig.from_dict(settings)
+        kwargs.update(quantization_config=quantization, device_map={"": _device_index()})
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     return model, processor

@@ -65,7 +65,7 @@ def set_native_trainable(
     base.get_submodule(parts.vision).requires_grad_(tune_vision_tower)
     if is_peft:  # LoRA weights and the full copies peft keeps of `modules_to_save` (connector, lm_head...)
         for name, p in model.named_parameters():
-            if "lora_" in name or "modules_to_save." in name:
+            if ("lora_" in name or "modules_to_save." in name) and p.is_floating_point():
                 p.requires_grad_(True)
     else:  # after the tower: Qwen2-VL's merger lives inside it
         base.get_submodule(parts.connector).requires_grad_(tune_connector)
