@@ -1,0 +1,116 @@
+"""The three parts of a native VLM (vision tower, connector, language model), what trains, and LoRA on them.
+
+Defaults follow what fine-tuning a released VLM usually needs: the vision tower frozen, the connector
+(LLaVA's `multi_modal_projector`, Qwen2-VL's `visual.merger`, Idefics3's `connector`) trained in full, the
+language model trained in full or through LoRA adapters on its linear layers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from torch import nn
+
+from vlmkit.training.freeze import count_parameters
+
+logger = logging.getLogger(__name__)
+
+_VISION = ("vision_tower", "visual", "vision_model")
+_CONNECTOR = ("multi_modal_projector", "connector", "merger")
+_LANGUAGE = ("language_model", "text_model")
+
+
+@dataclass
+class NativeParts:
+    """Dotted module names (relative to the model) of each part."""
+
+    vision: str
+    connector: str
+    language_model: str
+
+
+def _find(model: nn.Module, names: tuple[str, ...], what: str) -> str:
+    modules = dict(model.named_modules())
+    for candidate in sorted(modules, key=lambda n: n.count(".")):
+        if candidate.rsplit(".", 1)[-1] in names:
+            return candidate
+    raise ValueError(f"{type(model).__name__}: no {what} module (looked for {', '.join(names)})")
+
+
+def native_parts(model: nn.Module) -> NativeParts:
+    """Locate vision tower, connector and language model in a transformers image-text model."""
+    return NativeParts(
+        vision=_find(model, _VISION, "vision tower"),
+        connector=_find(model, _CONNECTOR, "connector"),
+        language_model=_find(model, _LANGUAGE, "language model"),
+    )
+
+
+def set_native_trainable(
+    model: nn.Module,
+    *,
+    tune_vision_tower: bool = False,
+    tune_connector: bool = True,
+    tune_language_model: bool = True,
+) -> tuple[int, int]:
+    """Freeze/unfreeze the parts (LoRA weights always train when present); logs and returns the counts."""
+    base = model.get_base_model() if hasattr(model, "peft_config") else model
+    parts = native_parts(base)
+    is_peft = hasattr(model, "peft_config")
+    model.requires_grad_(False)
+    if tune_language_model and not is_peft:
+        base.get_submodule(parts.language_model).requires_grad_(True)
+        base.get_output_embeddings().requires_grad_(True)
+    base.get_submodule(parts.vision).requires_grad_(tune_vision_tower)
+    if is_peft:  # LoRA weights and the full copies peft keeps of `modules_to_save` (connector, lm_head...)
+        for name, p in model.named_parameters():
+            if ("lora_" in name or "modules_to_save." in name) and p.is_floating_point():
+                p.requires_grad_(True)
+    else:  # after the tower: Qwen2-VL's merger lives inside it
+        base.get_submodule(parts.connector).requires_grad_(tune_connector)
+    trainable, frozen = count_parameters(model)
+    logger.info(
+        "trainable %d / frozen %d parameters (vision tower %s, connector %s, language model %s)",
+        trainable, frozen, "trained" if tune_vision_tower else "frozen", "trained" if tune_connector else "frozen",
+        "LoRA" if is_peft else ("trained" if tune_language_model else "frozen"),
+    )  # fmt: skip
+    return trainable, frozen
+
+
+def language_model_linear_names(model: nn.Module) -> list[str]:
+    """Full names of the language model's linear layers (the default LoRA targets)."""
+    prefix = native_parts(model).language_model + "."
+    return [n for n, m in model.named_modules() if n.startswith(prefix) and isinstance(m, nn.Linear)]
+
+
+def apply_native_lora(
+    model: nn.Module,
+    *,
+    r: int = 16,
+    alpha: int = 32,
+    dropout: float = 0.0,
+    target_modules: list[str] | None = None,
+    modules_to_save: list[str] | None = None,
+    tune_vision_tower: bool = False,
+    tune_connector: bool = True,
+):
+    """Wrap `model` with LoRA adapters (default: every linear layer of the language model).
+
+    The connector (when `tune_connector`) and `modules_to_save` (e.g. `["lm_head"]`) train in full and are
+    saved with the adapter.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    targets = target_modules or language_model_linear_names(model)
+    if not targets:
+        raise ValueError(f"{type(model).__name__}: no LoRA target modules found in the language model")
+    full = list(modules_to_save or [])
+    if tune_connector:
+        full.append(native_parts(model).connector.rsplit(".", 1)[-1])
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none", modules_to_save=full
+    )
+    peft_model = get_peft_model(model, config)
+    set_native_trainable(peft_model, tune_vision_tower=tune_vision_tower, tune_connector=tune_connector)
+    return peft_model
