@@ -15,14 +15,15 @@ import torch
 from vlmkit.config.args import OptimArgs, RunArgs
 from vlmkit.data.embedded import resolve_data_path
 from vlmkit.data.readers import read_dataset
+from vlmkit.eval.native_answers import native_answer_accuracy
 from vlmkit.models.native.collate import NativeCollator
-from vlmkit.models.native.dataset import NativeSFTDataset, native_answer_accuracy, native_sft_loss
 from vlmkit.models.native.encoding import NativeEncoder
 from vlmkit.models.native.loading import load_native_vlm
-from vlmkit.models.native.parts import apply_native_lora, set_native_trainable
 from vlmkit.models.native.tiny import build_tiny_native
 from vlmkit.training.accelerator import make_accelerator
 from vlmkit.training.loop import train
+from vlmkit.training.native_parts import apply_native_lora, set_native_trainable
+from vlmkit.training.native_sft import NativeSFTDataset, native_sft_loss
 
 
 @dataclass

@@ -15,10 +15,10 @@ from PIL import Image
 from vlmkit.data.records import BadSampleError, Sample, Turn
 from vlmkit.data.tokenize import IGNORE_INDEX, SampleDropped
 from vlmkit.models.native.collate import NativeCollator
-from vlmkit.models.native.dataset import NativeSFTDataset
 from vlmkit.models.native.encoding import NativeEncoder
 from vlmkit.models.native.templates import END_OF_TURN
 from vlmkit.training.losses import token_loss_sum
+from vlmkit.training.native_sft import NativeSFTDataset
 
 FAMILIES = [
     "llava",

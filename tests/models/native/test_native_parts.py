@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from vlmkit.models.native.loading import load_native_vlm
-from vlmkit.models.native.parts import apply_native_lora, native_parts, set_native_trainable
 from vlmkit.models.native.tiny import build_tiny_native
+from vlmkit.training.native_parts import apply_native_lora, native_parts, set_native_trainable
 
 CONNECTORS = {"llava": "model.multi_modal_projector", "qwen2_vl": "model.visual.merger",
               "idefics3": "model.connector"}  # fmt: skip
@@ -49,8 +49,8 @@ def test_qlora_loads_in_4bit_and_trains_the_adapters():
     """4-bit base (bitsandbytes nf4, CPU) + LoRA: one backward gives gradients to the adapters only."""
     from vlmkit.data.records import Sample, Turn
     from vlmkit.models.native.collate import NativeCollator
-    from vlmkit.models.native.dataset import native_sft_loss
     from vlmkit.models.native.encoding import NativeEncoder
+    from vlmkit.training.native_sft import native_sft_loss
 
     pytest.importorskip("bitsandbytes")
     model, processor = load_native_vlm(build_tiny_native("llava"), load_in_4bit=True)
