@@ -91,16 +91,29 @@ def check_data(cfg) -> None:
     """Read every data file as the run will; bad records raise here (error mode) or are reported (skip mode).
 
     Recipes with `data_format` read conversations, preference or prompt rows (`read_samples`); the stage-0
-    encoder recipes read `{image|audio, ...}` records, whose media files are checked here."""
+    encoder recipes read `{image|audio, ...}` records, whose media files are checked here; text pretraining
+    reads text files (checked to exist) or a dataset by name."""
     for path, fmt in _data_files(cfg):
         skips = SkipCounter()  # the run counts its skips itself when it reads the data
         if hasattr(cfg, "data_format"):
             read_samples(cfg, path, skips, format=fmt)
-        else:
+        elif hasattr(cfg, "image_folder") or hasattr(cfg, "audio_folder"):
             _check_media_records(cfg, path, skips)
+        else:
+            _check_text_source(path)
         if skips.total:
             logger.warning("pre-flight: %s has %d bad records, which the run will skip: %s",
                            path, skips.total, skips.as_dict())  # fmt: skip
+
+
+TEXT_SUFFIXES = (".txt", ".json", ".jsonl")
+
+
+def _check_text_source(path: str) -> None:
+    """Text pretraining data: a local file must exist (anything else is read as a dataset name)."""
+    resolved = resolve_data_path(path)
+    if Path(resolved).suffix in TEXT_SUFFIXES and not Path(resolved).is_file():
+        raise PreflightError(f"data file not found: {path}")
 
 
 def _check_media_records(cfg, path: str, skips: SkipCounter) -> None:

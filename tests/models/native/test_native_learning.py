@@ -9,13 +9,9 @@ as in the composite model's shipped digits LoRA config).
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from native_finetune import finetune  # noqa: E402
+from tests.helpers.native_finetune import finetune
 
 # family, mode -> (steps, learning rate, LoRA rank, accuracy to reach); batch 16, all 1437 training records
 BUDGETS = {

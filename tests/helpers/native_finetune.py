@@ -1,6 +1,6 @@
 """Fine-tune a tiny native VLM on the embedded digits through the shared training loop (a test harness).
 
-Not a test module; the learning tests import it after putting this folder on sys.path.
+Not a test module: `from tests.helpers.native_finetune import finetune`.
 """
 
 from __future__ import annotations
