@@ -123,8 +123,7 @@ def load_processor(path: str | Path, *, trust_remote_code: bool = False):
         raise NativeModelError(
             f"{path}: the processor has no chat template (no chat_template.jinja / chat_template.json), so "
             "conversations cannot be formatted nor assistant tokens found. Copy the template of the model "
-            "you fine-tune from into the directory as chat_template.jinja, or set --chat_template to a "
-            "template file"
+            "you fine-tune from into the directory as chat_template.jinja"
         )
     return processor
 
