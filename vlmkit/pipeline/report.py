@@ -176,6 +176,8 @@ def render_html(spec: PipelineSpec, root: Path, facts: dict[str, dict]) -> str:
         if not f:
             continue
         good = stage.chance is not None and isinstance(f["value"], float) and f["value"] > stage.chance
+        if isinstance(f.get("before"), float):  # an RL/DPO stage is good only when it improved on its start
+            good = good and f["value"] > f["before"]
         cls = " class='good'" if good else ""
         parts.append(
             f"<tr><td>{e(stage.name)}</td><td>{e(stage.recipe)}</td><td>{e(f['headline'] or '—')}</td>"
