@@ -6,6 +6,7 @@ import pytest
 
 from vlmkit.config import args as groups
 from vlmkit.config.checks import _f, field_rules
+from vlmkit.config.grpo import GRPOConfig
 from vlmkit.config.parser import ConfigError, config_from_dict, parse_config
 from vlmkit.config.ppo import KL_CONTROLLERS, KL_ESTIMATORS, PPOConfig
 from vlmkit.config.recipes import Stage2Config
@@ -46,6 +47,17 @@ PPO_REWARD = ["--reward_function", "vlmkit.rlhf.rewards:digit_match"]
         (PPOConfig, [*PPO_REWARD, "--learning_rate", "-1"], "learning_rate", ">= 0"),  # an overridden default
         (PPOConfig, [*PPO_REWARD, "--num_mini_batches", "0"], "num_mini_batches", ">= 1"),
         (PPOConfig, [*PPO_REWARD, "--max_steps", "-1"], "max_steps", ">= 1;"),  # PPO has no epochs
+        (GRPOConfig, [*PPO_REWARD, "--loss_type", "mean"], "loss_type", "one of: grpo, dr_grpo, dapo"),
+        (GRPOConfig, [*PPO_REWARD, "--scale_rewards", "std"], "scale_rewards", "one of: group, batch, none"),
+        (
+            GRPOConfig,
+            [*PPO_REWARD, "--advantage_baseline", "max"],
+            "advantage_baseline",
+            "one of: mean, rloo",
+        ),
+        (GRPOConfig, [*PPO_REWARD, "--num_generations", "1"], "num_generations", ">= 2"),
+        (GRPOConfig, [*PPO_REWARD, "--beta", "-0.1"], "beta", ">= 0"),
+        (GRPOConfig, [*PPO_REWARD, "--on_bad_reward", "ignore"], "on_bad_reward", "one of: error, skip"),
         (MaeConfig, ["--mask_ratio", "1"], "mask_ratio", "< 1"),
         (Wav2Vec2PretrainConfig, ["--mask_prob", "1.2"], "mask_prob", "<= 1"),
         (
@@ -107,13 +119,13 @@ def test_choices_match_the_registries_they_stand_for():
     assert set(groups.LR_SCHEDULES) == set(SCHEDULES)
     assert set(groups.DATA_FORMATS) == {"auto", *FORMATS}
     assert set(groups.ON_BAD_SAMPLE) == set(ON_BAD_SAMPLE)
-    from vlmkit.config import grpo
+    from vlmkit.config import grpo, rl
     from vlmkit.rlhf import grpo_math, rewards
 
     assert (grpo.SCALE_REWARDS, grpo.BASELINES, grpo.LOSS_TYPES) == (
         grpo_math.SCALE_REWARDS, grpo_math.BASELINES, grpo_math.LOSS_TYPES
     )  # fmt: skip
-    assert set(grpo.ON_BAD_REWARD) == set(rewards.ON_BAD_REWARD)
+    assert set(rl.ON_BAD_REWARD) == set(rewards.ON_BAD_REWARD)
 
 
 def test_unknown_rule_names_are_a_programming_error():

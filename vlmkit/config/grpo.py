@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vlmkit.config.args import (
-    DATA_FORMATS,
     DataArgs,
     EvalArgs,
     HubArgs,
@@ -19,15 +18,15 @@ from vlmkit.config.args import (
     RunArgs,
     _f,
 )
+from vlmkit.config.rl import RLArgs
 
 SCALE_REWARDS = ("group", "batch", "none")  # vlmkit.rlhf.grpo_math's (a test keeps them equal)
 BASELINES = ("mean", "rloo")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
-ON_BAD_REWARD = ("error", "skip")
 
 
 @dataclass
-class GRPOConfig(HubArgs, LoraArgs, EvalArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
+class GRPOConfig(RLArgs, HubArgs, LoraArgs, EvalArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
     """Stage 4 (RL): GRPO / Dr. GRPO / DAPO / RLOO on prompts with verifiable and/or learned rewards.
 
     One GRPO step samples `num_generations` completions for each of rollout_batch_size / num_generations
@@ -36,39 +35,8 @@ class GRPOConfig(HubArgs, LoraArgs, EvalArgs, DataArgs, ModelArgs, OptimArgs, Ru
     `steps_per_generation` optimizer steps over shuffled mini-batches of them. `max_steps` counts GRPO steps.
     """
 
-    ALIASES = {
-        **ModelArgs.ALIASES, "reward_function": "reward_funcs", "max_completion_length": "max_new_tokens"
-    }  # fmt: skip
-
-    # ---- rewards ----
-    reward_model_name_or_path: str | None = _f(
-        None, "A stage-3 reward model directory whose score is one of the rewards (weighted first)."
-    )
-    reward_funcs: list[str] = _f(
-        [],
-        "Verifiable reward functions, by name (exact_answer, digit_match, choice_letter, numeric_match, "
-        "think_answer_format) or 'module:function' called as fn(completions=, references=, prompts=) -> floats.",
-    )
-    reward_weights: list[float] = _f(
-        [], "One weight per reward, reward model first, then reward_funcs in order (default: all 1)."
-    )
-    on_bad_reward: str = _f(
-        "error",
-        "A reward that raises or is not finite for a sample: error (naming reward and sample) or skip "
-        "(score 0, counted as bad_reward_<name> in the log).",
-        choices=ON_BAD_REWARD,
-    )
     # ---- sampling ----
     num_generations: int = _f(8, "Completions sampled per prompt (the group size G).", ge=2)
-    max_new_tokens: int = _f(
-        8,
-        "Tokens generated per completion, in rollouts and evaluation (alias: --max_completion_length).",
-        ge=1,
-    )
-    temperature: float = _f(
-        1.0, "Sampling temperature of rollouts (the log-probs use the same temperature).", gt=0
-    )
-    top_p: float = _f(1.0, "Nucleus sampling of rollouts (1.0: off).", gt=0, le=1)
     # ---- objective ----
     scale_rewards: str = _f(
         "group",
@@ -78,6 +46,7 @@ class GRPOConfig(HubArgs, LoraArgs, EvalArgs, DataArgs, ModelArgs, OptimArgs, Ru
     advantage_baseline: str = _f(
         "mean",
         "Baseline subtracted from each reward: the group mean (GRPO) or the leave-one-out mean (rloo).",
+        choices=BASELINES,
     )
     loss_type: str = _f(
         "dapo",
@@ -87,26 +56,16 @@ class GRPOConfig(HubArgs, LoraArgs, EvalArgs, DataArgs, ModelArgs, OptimArgs, Ru
     )
     epsilon: float = _f(0.2, "Lower clip range of the probability ratio (1 - epsilon).", gt=0, lt=1)
     epsilon_high: float | None = _f(
-        None, "Upper clip range (1 + epsilon_high); clip-higher (DAPO) when > epsilon."
+        None, "Upper clip range (1 + epsilon_high); clip-higher (DAPO) when > epsilon.", gt=0
     )
     beta: float = _f(
-        0.04, "Weight of the k3 KL to the reference policy in the loss; 0 loads no reference model."
+        0.04, "Weight of the k3 KL to the reference policy in the loss; 0 loads no reference model.", ge=0
     )
     num_iterations: int = _f(1, "Passes over each generated batch (mu in the GRPO paper).", ge=1)
     steps_per_generation: int = _f(
         1,
         "Optimizer steps per pass over a generated batch (its mini-batches of per_device x accumulation).",
         ge=1,
-    )
-    # ---- overridden defaults ----
-    learning_rate: float = _f(1e-5, "Peak learning rate of the policy.")
-    lr_scheduler_type: str = _f("constant", "cosine, linear or constant (each after warm-up).")
-    warmup_ratio: float = _f(0.0, "Fraction of GRPO steps for linear warm-up.")
-    max_steps: int = _f(100, "GRPO steps (one generated batch + its num_iterations updates each).", ge=1)
-    logging_steps: int = _f(1, "Log every N GRPO steps.")
-    max_eval_samples: int = _f(0, "Evaluate on at most this many held-out prompts (0: all).")
-    data_format: str = _f(
-        "prompts", "Prompt rows for RL: prompt, images/audios and an optional answer.", choices=DATA_FORMATS
     )
 
     @property
@@ -120,11 +79,7 @@ class GRPOConfig(HubArgs, LoraArgs, EvalArgs, DataArgs, ModelArgs, OptimArgs, Ru
         return self.rollout_batch_size // self.num_generations
 
     def __post_init__(self) -> None:
-        self.reward_funcs = [
-            f for f in self.reward_funcs if f.lower() != "none"
-        ]  # "none" clears a config's list
-        if self.reward_model_name_or_path is None and not self.reward_funcs:
-            raise ValueError("give a reward: --reward_model_name_or_path and/or --reward_funcs")
+        super().__post_init__()
         if self.rollout_batch_size % self.num_generations:
             raise ValueError(
                 f"per_device_train_batch_size x gradient_accumulation_steps x steps_per_generation = "

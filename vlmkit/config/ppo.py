@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vlmkit.config.args import (
-    DATA_FORMATS,
     DataArgs,
     EvalArgs,
     HubArgs,
@@ -15,15 +14,15 @@ from vlmkit.config.args import (
     RunArgs,
     _f,
 )
+from vlmkit.config.rl import RLArgs
 
 VALUE_MODELS = ("policy_head", "reward_model")
-ON_BAD_REWARD = ("error", "skip")
 KL_ESTIMATORS = ("k1", "k2", "k3")  # vlmkit.rlhf.kl.KL_ESTIMATORS (a test keeps them equal)
 KL_CONTROLLERS = ("fixed", "adaptive")
 
 
 @dataclass
-class PPOConfig(HubArgs, LoraArgs, EvalArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
+class PPOConfig(RLArgs, HubArgs, LoraArgs, EvalArgs, DataArgs, ModelArgs, OptimArgs, RunArgs):
     """Stage 4 (RLHF): PPO with a per-token KL penalty against the frozen starting policy.
 
     One PPO step samples `rollout_batch_size` = per_device_train_batch_size x gradient_accumulation_steps x
@@ -31,25 +30,6 @@ class PPOConfig(HubArgs, LoraArgs, EvalArgs, DataArgs, ModelArgs, OptimArgs, Run
     `num_mini_batches` optimizer steps over them. `max_steps` counts PPO steps.
     """
 
-    # ---- rewards ----
-    reward_model_name_or_path: str | None = _f(
-        None, "A stage-3 reward model directory that scores the responses (summed with reward_funcs if both)."
-    )
-    reward_funcs: list[str] = _f(
-        [],
-        "Verifiable reward functions, by name (exact_answer, digit_match, choice_letter, numeric_match, "
-        "think_answer_format) or 'module:function' called as fn(completions=, references=, prompts=) -> floats; "
-        "summed with the reward model's score, weighted by reward_weights. Alias: --reward_function.",
-    )
-    reward_weights: list[float] = _f(
-        [], "One weight per reward, reward model first, then reward_funcs in order (default: all 1)."
-    )
-    on_bad_reward: str = _f(
-        "error",
-        "A reward that raises or is not finite for a sample: error (naming reward and sample) or skip "
-        "(score 0, counted as bad_reward_<name> in the log).",
-        choices=ON_BAD_REWARD,
-    )
     missing_eos_penalty: float = _f(
         0.0, "Subtracted from the score of responses that never emit EOS (0: off).", ge=0
     )
@@ -68,11 +48,6 @@ class PPOConfig(HubArgs, LoraArgs, EvalArgs, DataArgs, ModelArgs, OptimArgs, Run
     )
     vf_coef: float = _f(0.1, "Weight of the value loss in the total loss.", ge=0)
     # ---- rollouts ----
-    max_new_tokens: int = _f(8, "Tokens generated per response, in rollouts and evaluation.", ge=1)
-    temperature: float = _f(
-        1.0, "Sampling temperature of rollouts (the log-probs use the same temperature).", gt=0
-    )
-    top_p: float = _f(1.0, "Nucleus sampling of rollouts (1.0: off).", gt=0, le=1)
     # ---- KL penalty ----
     kl_estimator: str = _f(
         "k1",
@@ -97,30 +72,14 @@ class PPOConfig(HubArgs, LoraArgs, EvalArgs, DataArgs, ModelArgs, OptimArgs, Run
     whiten_advantages: bool = _f(
         True, "Normalise advantages to zero mean and unit variance per rollout batch."
     )
-    # ---- overridden defaults ----
-    learning_rate: float = _f(1e-5, "Peak learning rate of the policy.")
-    lr_scheduler_type: str = _f("constant", "cosine, linear or constant (each after warm-up).")
-    warmup_ratio: float = _f(0.0, "Fraction of PPO steps for linear warm-up.")
-    max_steps: int = _f(100, "PPO steps (one rollout batch + its updates each).", ge=1)
-    logging_steps: int = _f(1, "Log every N PPO steps.")
-    max_eval_samples: int = _f(0, "Evaluate on at most this many held-out prompts (0: all).")
-    data_format: str = _f(
-        "prompts", "Prompt rows for RL: prompt, images/audios and an optional answer.", choices=DATA_FORMATS
-    )
 
     @property
     def rollout_batch_size(self) -> int:
         """Responses sampled per process per PPO step."""
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
 
-    ALIASES = {**ModelArgs.ALIASES, "reward_function": "reward_funcs"}
-
     def __post_init__(self) -> None:
-        self.reward_funcs = [
-            f for f in self.reward_funcs if f.lower() != "none"
-        ]  # "none" clears a config's list
-        if self.reward_model_name_or_path is None and not self.reward_funcs:
-            raise ValueError("give a reward: --reward_model_name_or_path and/or --reward_funcs")
+        super().__post_init__()
         if self.value_model == "reward_model" and not (
             self.value_model_name_or_path or self.reward_model_name_or_path
         ):

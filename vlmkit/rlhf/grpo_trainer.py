@@ -92,30 +92,14 @@ class GRPOTrainer(RLTrainer):
 
     def update(self, exp: GroupExperience, step: int) -> dict[str, float]:
         """Step 4 of the module docstring; mean per-micro-batch stats."""
-        cfg, acc = self.cfg, self.accelerator
-        micro = cfg.per_device_train_batch_size
-        mini = micro * cfg.gradient_accumulation_steps
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        totals: dict[str, float] = {}
-        count, skipped = 0, 0
-        if not self.model.training:  # train() is not free on transformers models
-            self.model.train()
-        for _ in range(cfg.num_iterations):
-            order = torch.randperm(len(exp.rollout), generator=g).tolist()
-            for m in range(0, len(order), mini):
-                batch = order[m : m + mini]
-                mask = exp.mask[batch]
-                _, items = loss_sum_and_count(mask.float(), mask, cfg.loss_type, cfg.max_new_tokens)
-                self.stepper.begin(float(items), step + 1)
-                for k in range(0, mini, micro):
-                    with acc.accumulate(self.model):
-                        stats = self._micro_step(exp, batch[k : k + micro])
-                    for key, value in stats.items():
-                        totals[key] = totals.get(key, 0.0) + value
-                    count += 1
-                skipped += self.stepper.outcome.verdict != "ok"
-        self.scheduler.step()
-        return {**{k: v / count for k, v in totals.items()}, "skipped_updates": float(skipped)}
+        cfg = self.cfg
+
+        def items(rows: list[int]) -> float:
+            mask = exp.mask[rows]
+            return float(loss_sum_and_count(mask.float(), mask, cfg.loss_type, cfg.max_new_tokens)[1])
+
+        passes = cfg.num_iterations
+        return self.optimizer_steps(exp, step, passes, items, self._micro_step)
 
     def _micro_step(self, exp: GroupExperience, rows: list[int]) -> dict[str, float]:
         cfg = self.cfg

@@ -133,30 +133,9 @@ class PPOTrainer(RLTrainer):
         )
 
     def update(self, exp: Experience, step: int) -> dict[str, float]:
-        """Step 4: PPO epochs over shuffled mini-batches; returns the mean of the per-micro-batch stats,
-        plus `skipped_updates` (mini-batch updates the NaN/inf guard skipped)."""
-        cfg, acc = self.cfg, self.accelerator
-        micro, gas = cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps
-        mini = micro * gas
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        totals: dict[str, float] = {}
-        count, skipped = 0, 0
-        if not self.model.training:  # train() is not free on transformers models
-            self.model.train()
-        for _ in range(cfg.num_ppo_epochs):
-            order = torch.randperm(len(exp.rollout), generator=g).tolist()
-            for m in range(0, len(order), mini):
-                mb = order[m : m + mini]
-                self.stepper.begin(float(exp.mask[mb].sum()), step + 1)
-                for k in range(0, mini, micro):
-                    with acc.accumulate(self.model):
-                        stats = self._micro_step(exp, mb[k : k + micro])
-                    for key, value in stats.items():
-                        totals[key] = totals.get(key, 0.0) + value
-                    count += 1
-                skipped += self.stepper.outcome.verdict != "ok"
-        self.scheduler.step()
-        return {**{k: v / count for k, v in totals.items()}, "skipped_updates": float(skipped)}
+        """Step 4: PPO epochs over shuffled mini-batches (losses are token means over each mini-batch)."""
+        tokens = lambda rows: float(exp.mask[rows].sum())  # noqa: E731
+        return self.optimizer_steps(exp, step, self.cfg.num_ppo_epochs, tokens, self._micro_step)
 
     def _micro_step(self, exp: Experience, rows: list[int]) -> dict[str, float]:
         cfg = self.cfg

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,38 @@ class RLTrainer(ABC):
     @abstractmethod
     def rollout_stats(self, experience) -> dict[str, float]:
         """Statistics of the experience over all processes (rewards, KL, lengths...)."""
+
+    def optimizer_steps(
+        self, experience, step: int, passes: int, items: Callable[[list[int]], float], micro_step
+    ) -> dict[str, float]:
+        """`passes` shuffled passes over the experience's rows in mini-batches of per_device_train_batch_size x
+        gradient_accumulation_steps, one guarded optimizer step each; `items(rows)` counts what a mini-batch's
+        loss sums over, `micro_step(experience, rows)` backwards one micro-batch and returns its stats.
+
+        Returns the mean of the per-micro-batch stats plus `skipped_updates` (updates the NaN guard skipped).
+        The order is a function of (seed, step), so a resumed run updates exactly as an uninterrupted one."""
+        cfg, acc = self.cfg, self.accelerator
+        micro = cfg.per_device_train_batch_size
+        mini = micro * cfg.gradient_accumulation_steps
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        totals: dict[str, float] = {}
+        count, skipped = 0, 0
+        if not self.model.training:  # train() is not free on transformers models
+            self.model.train()
+        for _ in range(passes):
+            order = torch.randperm(len(experience.rollout), generator=g).tolist()
+            for m in range(0, len(order), mini):
+                batch = order[m : m + mini]
+                self.stepper.begin(items(batch), step + 1)
+                for k in range(0, mini, micro):
+                    with acc.accumulate(self.model):
+                        stats = micro_step(experience, batch[k : k + micro])
+                    for key, value in stats.items():
+                        totals[key] = totals.get(key, 0.0) + value
+                    count += 1
+                skipped += self.stepper.outcome.verdict != "ok"
+        self.scheduler.step()
+        return {**{k: v / count for k, v in totals.items()}, "skipped_updates": float(skipped)}
 
     def after_step(self, record: dict) -> None:  # noqa: B027 - an optional hook
         """Called with each step's record before it is logged (PPO updates its KL controller here)."""
