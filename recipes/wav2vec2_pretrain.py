@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     def evaluate(trained) -> dict:
         """Linear probe (train clips -> held-out accent) against a random-init encoder; codebook use."""
-        eval_set = AudioClipDataset(cfg.eval_data_path, feature_extractor, **clips)
+        eval_folder = cfg.eval_audio_folder or cfg.audio_folder
+        eval_set = AudioClipDataset(
+            cfg.eval_data_path, feature_extractor, **{**clips, "audio_folder": eval_folder}
+        )
         loaders = [
             DataLoader(dataset, batch_size=cfg.per_device_eval_batch_size, collate_fn=collate_clips)
             for dataset in (train_set, eval_set)

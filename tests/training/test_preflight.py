@@ -180,3 +180,20 @@ def test_bad_eval_records_are_counted_once_in_skip_mode(recipe, digits_data, tmp
     )  # fmt: skip
     assert metrics["skipped_samples"] == 1 and "eval_loss" in metrics
     assert json.loads((out / "skipped.json").read_text()) == {"media file not found": 1}
+
+
+def test_held_out_clips_resolve_against_eval_audio_folder(tmp_path):
+    from vlmkit.config.ssl_audio import Wav2Vec2PretrainConfig
+
+    train_dir, eval_dir = tmp_path / "train_audio", tmp_path / "eval_audio"
+    for folder in (train_dir, eval_dir):
+        folder.mkdir()
+    (train_dir / "a.wav").write_bytes(b"RIFF")
+    (eval_dir / "b.wav").write_bytes(b"RIFF")
+    (tmp_path / "train.json").write_text(json.dumps([{"audio": "a.wav", "label": 1}]))
+    (tmp_path / "eval.json").write_text(json.dumps([{"audio": "b.wav", "label": 2}]))
+    argv = ["--data_path", str(tmp_path / "train.json"), "--eval_data_path", str(tmp_path / "eval.json"),
+            "--audio_folder", str(train_dir)]  # fmt: skip
+    with pytest.raises(BadSampleError, match="eval.json"):  # b.wav is not under the training folder
+        check_data(parse_config(Wav2Vec2PretrainConfig, argv))
+    check_data(parse_config(Wav2Vec2PretrainConfig, [*argv, "--eval_audio_folder", str(eval_dir)]))

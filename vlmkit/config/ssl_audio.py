@@ -64,6 +64,9 @@ class Wav2Vec2PretrainConfig(HubArgs, OptimArgs, EpochArgs, RunArgs):
         "Held-out clips (another accent) for the linear probe and the codebook perplexity.",
     )
     audio_folder: str | None = _f(None, "Root of relative audio paths (default: the data file's folder).")
+    eval_audio_folder: str | None = _f(
+        None, "Root of relative audio paths of the held-out clips (default: audio_folder)."
+    )
     allow_outside_media_root: bool = _f(False, "Allow audio paths that escape audio_folder.")
     sampling_rate: int = _f(16000, "Sampling rate the audio is resampled to.", ge=1)
     audio_samples: int = _f(
