@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from vlmkit.config.args import OptimArgs, RunArgs
+from vlmkit.config.args import EpochArgs, OptimArgs, RunArgs
 from vlmkit.data.embedded import resolve_data_path
 from vlmkit.data.readers import read_dataset
 from vlmkit.eval.native_answers import native_answer_accuracy
@@ -27,8 +27,8 @@ from vlmkit.training.native_sft import NativeSFTDataset, native_sft_loss
 
 
 @dataclass
-class LoopConfig(OptimArgs, RunArgs):
-    """RunArgs + OptimArgs, as every recipe config has them."""
+class LoopConfig(OptimArgs, EpochArgs, RunArgs):
+    """RunArgs + EpochArgs + OptimArgs, as the recipe configs of the shared loop have them."""
 
 
 def digits(split: str, limit: int = 0, seed: int = 0) -> list:
