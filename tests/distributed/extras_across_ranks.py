@@ -8,14 +8,14 @@ from dataclasses import dataclass
 
 import torch
 
-from vlmkit.config.args import OptimArgs, RunArgs
+from vlmkit.config.args import EpochArgs, OptimArgs, RunArgs
 from vlmkit.training.accelerator import make_accelerator
 from vlmkit.training.loop import train
 
 
 @dataclass
-class LoopConfig(OptimArgs, RunArgs):
-    """RunArgs + OptimArgs, as every recipe config has them."""
+class LoopConfig(OptimArgs, EpochArgs, RunArgs):
+    """RunArgs + EpochArgs + OptimArgs, as the recipe configs of the shared loop have them."""
 
 
 def main(out: str) -> None:
