@@ -35,7 +35,7 @@ def test_zero3_stage1(digits_data, tiny_parts, tmp_path: Path):
     out = tmp_path / "stage1"
     log = run_recipe(
         "llava_stage1", "--config", str(CONFIGS / "digits_llava_stage1.yaml"), "--output_dir", str(out),
-        "--per_device_train_batch_size", "4", *SHORT, config_file=ZERO3,
+        "--language_model", "vlmkit-tiny/llama", "--per_device_train_batch_size", "4", *SHORT, config_file=ZERO3,
     )  # fmt: skip
     m = metrics(out)
     assert_sharded(m)

@@ -34,7 +34,7 @@ def test_bench_stage_runs_on_a_short_stage2(tmp_path: Path, vlmkit_session_env):
         "seed": 3,
         "stages": [
             {"name": "stage1", "recipe": "llava_stage1", "config": "recipes/configs/digits_llava_stage1.yaml",
-             "args": {"max_steps": 10, "report_to": "none"}},
+             "args": {"language_model": "vlmkit-tiny/llama", "max_steps": 10, "report_to": "none"}},
             {"name": "stage2", "recipe": "llava_stage2", "config": "recipes/configs/digits_llava_stage2.yaml",
              "args": {"model_name_or_path": "{stage1}", "max_steps": 10, "report_to": "none",
                       "max_eval_samples": 16}, "headline": "eval_accuracy"},

@@ -57,7 +57,8 @@ def test_bad_clips_stop_the_run_naming_the_record_or_are_skipped_and_counted(rec
     data = write_clips(tmp_path / "clips", "train", 8, bad=BAD)
     held_out = write_clips(tmp_path / "clips", "eval", 6)
     args = [*TINY, "--data_path", data, "--eval_data_path", held_out]
-    with pytest.raises(ValueError, match=r"train\.json, record 9, field 'audio'"):
+    # The first bad record (index 8, a missing file) is named, before any training step.
+    with pytest.raises(ValueError, match=r"train\.json, record 8, field 'audio': media file not found"):
         recipe("wav2vec2_pretrain").main([*args, "--output_dir", str(tmp_path / "error")])
 
     out = tmp_path / "skip"
