@@ -26,6 +26,7 @@ from vlmkit.data.text_corpus import BlockCollator, PackedTextDataset, pack_docum
 from vlmkit.eval.language import causal_lm_loss, eval_causal_lm_loss, perplexity, unigram_loss
 from vlmkit.hub.lifecycle import HUB, causal_lm_card
 from vlmkit.models.causal_lm import build_causal_lm
+from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.loop import train
 from vlmkit.training.run import Run
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_loss_first": result.history[0]["loss"],
         "global_step": result.global_step,
         "train_tokens": int(train_blocks.numel()),
+        **parameter_layout(run.accelerator, result.model),  # world size, parameters per rank
     }
     if cfg.eval_data_path:
         metrics.update(run.evaluate(evaluate, result.model, load=_load_causal_lm))

@@ -87,6 +87,18 @@ def test_every_stage_learns(pipeline_run):
 
 
 @pytest.mark.slow
+def test_bench_stage_scores_the_stage2_model(pipeline_run):
+    root, stdout = pipeline_run
+    assert "[stage2_bench] eval_digits_mmbench_circular_accuracy=" in stdout
+    results = json.loads((root / "stage2_bench" / "eval_results.json").read_text())
+    assert results["digits_mmbench"]["model"] == str(root / "stage2")
+    assert results["digits_mmbench"]["n"] > 0 and results["digits_pope"]["n"] > 0
+    report = (root / "report.md").read_text()
+    assert "| stage2_bench | eval | eval_digits_mmbench_circular_accuracy |" in report
+    assert "eval_digits_pope_f1" in report
+
+
+@pytest.mark.slow
 def test_lineage_is_recorded(pipeline_run):
     root, _ = pipeline_run
     stage2_card = (root / "stage2" / "README.md").read_text()
