@@ -27,6 +27,7 @@ from vlmkit.eval.answers import answer_accuracy
 from vlmkit.hub.lifecycle import HUB, vlm_card
 from vlmkit.models.build import load_vlm
 from vlmkit.rlhf.dpo import DPOLoss, build_dpo_policy, evaluate_dpo
+from vlmkit.rlhf.sft_baseline import check_sft_baseline, paired_comparison, train_sft_on_chosen
 from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.loop import train
 from vlmkit.training.run import Run
@@ -35,6 +36,7 @@ from vlmkit.training.run import Run
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(DPOConfig, argv, prog="dpo", description=__doc__)
     run = Run(cfg, "dpo", hub=HUB)
+    check_sft_baseline(cfg, run.accelerator, held_out=bool(cfg.eval_data_path or cfg.eval_prompts_path))
 
     model, processor, reference = build_dpo_policy(cfg)
     skips = SkipCounter()
@@ -55,7 +57,9 @@ def main(argv: list[str] | None = None) -> dict:
             batch_size=cfg.per_device_eval_batch_size, max_new_tokens=cfg.max_new_tokens,
         )  # fmt: skip
 
-    def evaluate(trained) -> dict:
+    graded: dict[str, list[bool]] = {}  # per held-out question: right or not, for the paired comparison
+
+    def evaluate(trained, name: str = "dpo") -> dict:
         scores = {}
         if cfg.eval_data_path:
             eval_set = preference_dataset(
@@ -67,17 +71,28 @@ def main(argv: list[str] | None = None) -> dict:
             )  # fmt: skip
             scores.update({f"eval_{k}": v for k, v in pairs.items()})
         if prompts:
-            # the starting policy: the trained one with its adapters off, or the frozen copy
-            with reference.as_model(trained) as start:
-                scores["eval_accuracy_before"] = accuracy(start)[0]
+            if (
+                name == "dpo"
+            ):  # the starting policy: the trained one with its adapters off, or the frozen copy
+                with reference.as_model(trained) as start:
+                    scores["eval_accuracy_before"] = accuracy(start)[0]
             scores["eval_accuracy"], examples = accuracy(trained)
-            (run.out / "eval_examples.json").write_text(json.dumps(examples[:50], indent=2))
+            graded[name] = [ex["correct"] for ex in examples]
+            if name == "dpo":
+                (run.out / "eval_examples.json").write_text(json.dumps(examples[:50], indent=2))
         return scores
 
     metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
     metrics.update(parameter_layout(run.accelerator, result.model))  # world size, parameters per rank
+    load = lambda path: load_vlm(path)[0]  # noqa: E731
     if cfg.eval_data_path or prompts:
-        metrics.update(run.evaluate(evaluate, result.model, load=lambda path: load_vlm(path)[0]))
+        metrics.update(run.evaluate(evaluate, result.model, load=load))
+    if cfg.sft_baseline:  # the same start, pairs and updates, trained on the chosen answers
+        baseline = train_sft_on_chosen(cfg, run.accelerator, train_set, collate)
+        scores = run.evaluate(lambda trained: evaluate(trained, "sft_baseline"), baseline.model)
+        metrics.update({f"{k}_sft_baseline": v for k, v in scores.items() if not k.endswith("_before")})
+        if graded.get("sft_baseline"):
+            metrics.update(paired_comparison(graded["dpo"], graded["sft_baseline"]))
     card = vlm_card(cfg, run.unwrap(result.model), stage="DPO (preference optimisation)")
     return run.finish(metrics, card=card, skips=skips)
 

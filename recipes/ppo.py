@@ -31,6 +31,7 @@ from vlmkit.hub.lifecycle import HUB, vlm_card
 from vlmkit.models.build import build_vlm
 from vlmkit.rlhf.ppo_trainer import PPOTrainer
 from vlmkit.rlhf.rewards import build_reward
+from vlmkit.rlhf.sft_baseline import check_sft_baseline, compare_with_sft_baseline
 from vlmkit.rlhf.value_model import build_actor_critic, frozen_reference, prepare_frozen
 from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.run import Run
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(PPOConfig, argv, prog="ppo", description=__doc__)
     run = Run(cfg, "ppo", hub=HUB)
     accelerator = run.accelerator
+    check_sft_baseline(cfg, accelerator, held_out=bool(cfg.eval_data_path))
 
     # Policy (full or LoRA), the frozen reference it started from, and the value model.
     policy, processor = build_vlm(cfg, cfg)
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     answers_after = trainer.greedy_answers(shown)
     if run.is_main_process:
         write_examples_before_after(run.out / EXAMPLES_FILE, shown, answers_before, answers_after)
+    if cfg.sft_baseline:  # the same start, prompts and updates, trained on the reference answers
+        metrics.update(compare_with_sft_baseline(trainer, eval_prompts, lambda: build_vlm(cfg, cfg)[0]))
     card = vlm_card(cfg, trainer.bare.policy, stage="stage 4 (PPO)")
     return run.finish(metrics, card=card, skips=skips, plot_keys=("score_mean", "kl", "loss"))
 
