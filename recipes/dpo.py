@@ -1,7 +1,10 @@
 """DPO: preference optimisation of a stage-2 policy against its frozen starting point (stage 4 alternative).
 
+    # pure DPO (rpo_alpha 0), then its compute-matched SFT baseline on the chosen answers:
     accelerate launch recipes/dpo.py --config recipes/configs/digits_dpo.yaml \
         --model_name_or_path outputs/digits/llava_stage2_weak
+    # RPO (DPO + NLL on the chosen answers):
+    python recipes/dpo.py --config recipes/configs/digits_rpo.yaml --model_name_or_path outputs/digits/llava_stage2_weak
     python recipes/dpo.py --config recipes/configs/digits_dpo.yaml --use_lora true --learning_rate 2e-3
     # your own pairs (rows: prompt, chosen, rejected, images):
     accelerate launch --config_file accelerate_configs/multi_gpu.yaml recipes/dpo.py \
@@ -9,9 +12,12 @@
         --eval_data_path prefs_eval.jsonl --image_folder images/ --output_dir out/dpo
 
 The reference is the starting policy: with --use_lora the same weights with the adapters switched off
-(the way to run under ZeRO-3), otherwise a frozen copy. Writes the policy (model or adapter), config.yaml, metrics.json (eval_accuracy and
-eval_accuracy_before on --eval_prompts_path; eval_loss, eval_reward_accuracy, eval_reward_margin on
---eval_data_path), train_log.jsonl, loss.png and README.md into --output_dir.
+(the way to run under ZeRO-3), otherwise a frozen copy. Writes the policy (model or adapter), config.yaml,
+metrics.json (eval_accuracy and eval_accuracy_before on --eval_prompts_path; on --eval_data_path eval_loss,
+eval_reward_accuracy and eval_reward_margin of the implicit reward, and the policy's own chosen-vs-rejected
+eval_likelihood_accuracy / eval_logp_margin with their *_before on the start), train_log.jsonl, loss.png and
+README.md into --output_dir. --sft_baseline true adds the same metrics of the compute-matched SFT baseline
+(*_sft_baseline: the same pairs and updates, trained on the chosen answers) and beats_sft_baseline.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ audio and text-only prompts.
 Writes the policy (or its LoRA adapter + connector) in from_pretrained form, config.yaml, metrics.json
 (eval_accuracy, eval_reward, eval_kl and the same on the starting policy: *_before), train_log.jsonl
 (reward mean/std and per reward source, zero-std groups, KL, clip fractions, entropy, lengths, seconds per
-step), loss.png and README.md into --output_dir.
+step), loss.png and README.md into --output_dir. With --sft_baseline true (the digits configs) it then trains
+the compute-matched supervised baseline (vlmkit/rlhf/sft_baseline.py) and says in metrics.json whether GRPO beat it.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ Writes the policy (or its LoRA adapter + connector) in from_pretrained form, val
 metrics.json (eval_reward, eval_kl, eval_accuracy and the same measured on the starting policy: *_before),
 train_log.jsonl (score, reward, KL, KL coefficient, entropy, clip fraction, approx-KL, value loss, explained
 variance, response length, rollout/update seconds per step), loss.png and README.md into --output_dir.
+With --sft_baseline true (the digits configs) it then trains the compute-matched supervised baseline (SFT on the
+reference answers from the same start, the same prompts and updates: vlmkit/rlhf/sft_baseline.py; its log in
+sft_baseline/) and adds eval_accuracy_sft_baseline, eval_accuracy_over_sft_baseline (+ stderr) and
+beats_sft_baseline to metrics.json.
 """
 
 from __future__ import annotations

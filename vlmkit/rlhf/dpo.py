@@ -226,7 +226,8 @@ def evaluate_dpo(
     """Held-out loss (mean DPO loss), reward_accuracy and reward_margin of the implicit reward, the policy's
     logp_chosen/rejected, and its likelihood preference: likelihood_accuracy (share of pairs with
     logp_chosen > logp_rejected) and logp_margin (mean logp_chosen - logp_rejected), with the same two of the
-    reference (the starting policy) as likelihood_accuracy_before and logp_margin_before."""
+    reference (the starting policy) as likelihood_accuracy_before and logp_margin_before (and its
+    logp_chosen_before / logp_rejected_before)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -259,4 +260,5 @@ def evaluate_dpo(
         "logp_rejected": float(torch.cat(rejected_lp).mean()),
         "likelihood_accuracy": policy["reward_accuracy"], "logp_margin": policy["reward_margin"],
         "likelihood_accuracy_before": start["reward_accuracy"], "logp_margin_before": start["reward_margin"],
+        "logp_chosen_before": float(torch.cat(ref_c).mean()), "logp_rejected_before": float(torch.cat(ref_r).mean()),
     }  # fmt: skip
