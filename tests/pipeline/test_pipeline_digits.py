@@ -83,9 +83,8 @@ def test_every_stage_learns(pipeline_run):
     assert dpo["eval_reward_margin"] > 0, dpo
     assert dpo["eval_logp_margin"] >= dpo["eval_logp_margin_before"] + 0.3, dpo  # measured 1.007 -> 1.449
     assert dpo["eval_accuracy"] >= dpo["eval_accuracy_before"], dpo  # measured 0.589 -> 0.614
-    assert dpo["eval_accuracy_over_sft_baseline"] >= 0.08, (
-        dpo
-    )  # measured +0.131 over SFT on the chosen answers
+    # SFT on the chosen answers with DPO's pairs and updates: measured 0.483, DPO +0.131 over it.
+    assert dpo["eval_accuracy_over_sft_baseline"] >= 0.08, dpo
     # Audio GRPO is reported, not claimed: on this budget it does not lift the weak audio policy.
     assert "eval_accuracy" in _metrics(root, "audio_grpo")
     assert _metrics(root, "audio_stage2")["eval_accuracy"] >= 0.75  # measured 0.800, chance 0.10
