@@ -1,4 +1,5 @@
-"""The compute-matched supervised baseline of an RL run (PPO, GRPO): is the reward worth more than the answers?
+"""The compute-matched supervised baseline of an RL or DPO run: is the reward (or preference) worth more than
+the answers?
 
 The matching rule (what "compute-matched" counts). From the RL run's starting policy, the baseline
 - reads exactly the RL run's prompts, step by step: the RL trainer's own `prompts_for_step` (the same seeded
@@ -15,6 +16,14 @@ size. Not matched, by design: the RL run's generation and its reference/critic/r
 and the value model (only the policy trains). The baseline knows the right answer, which RL must find through
 its reward: RL is worth its cost here only where it beats this baseline. Both are measured by the same
 `RLTrainer.evaluate` on the same held-out prompts, and compared prompt by prompt (paired).
+
+DPO's baseline (`train_sft_on_chosen`) follows the same rule in the SFT training loop: the same start, the
+same pairs in the same order through the same optimizer updates, each pair's chosen answer as the target
+(per-token NLL, the term RPO adds); it is evaluated by DPO's own evaluation (held-out pairs and questions).
+
+The baseline inherits the run's learning rate and schedule (that is what "same updates" means here); they need
+not be SFT's best, so a separately tuned SFT could only be stronger: a win over this baseline is necessary for
+RL to be worth it, not sufficient.
 """
 
 from __future__ import annotations
