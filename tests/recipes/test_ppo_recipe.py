@@ -75,8 +75,9 @@ def test_the_compute_matched_sft_baseline_is_reported_honestly(ppo_run):
     out, metrics = ppo_run
     assert metrics["sft_baseline_samples"] == metrics["train_samples"] == PPO_STEPS * 256
     assert metrics["sft_baseline_updates"] == PPO_STEPS * 4 * 16
-    print({k: v for k, v in metrics.items() if "baseline" in k or k.startswith("eval_accuracy")})
-    assert metrics["eval_accuracy_sft_baseline"] >= metrics["eval_accuracy_before"] + 0.0, metrics
+    # Measured (seed 43): the baseline reaches 0.844 from 0.425, PPO 0.683: supervision on the answers wins here.
+    assert metrics["eval_accuracy_sft_baseline"] >= 0.80, metrics
+    assert metrics["eval_accuracy_over_sft_baseline"] >= -0.21, metrics  # measured -0.161 (stderr 0.024)
     gain = metrics["eval_accuracy"] - metrics["eval_accuracy_sft_baseline"]
     assert metrics["eval_accuracy_over_sft_baseline"] == pytest.approx(gain, abs=1e-9)
     stderr = metrics["eval_accuracy_over_sft_baseline_stderr"]
