@@ -17,7 +17,9 @@ CONFIGS = Path(__file__).resolve().parents[2] / "recipes" / "configs"
 PURE_REWARD_ACCURACY = 0.64
 PURE_MARGIN_GAIN = 0.2
 PURE_ACCURACY_SLACK = 0.05
-RPO_GAIN = 0.0
+# RPO measured 0.431 -> 0.611; its SFT baseline (the NLL term alone, same pairs and updates) 0.631: RPO's accuracy
+# gain is the NLL's, and RPO does not beat the baseline (-0.019, stderr 0.018).
+RPO_GAIN = 0.14
 RUN_FILES = ("config.yaml", "metrics.json", "train_log.jsonl", "loss.png", "README.md", "eval_examples.json")
 
 
@@ -28,26 +30,14 @@ def _dpo(recipe, config: str, policy: Path, out: Path, *extra: str) -> dict:
     )  # fmt: skip
 
 
-def _report(metrics: dict) -> dict:
-    print(
-        {
-            k: round(v, 4) if isinstance(v, float) else v
-            for k, v in metrics.items()
-            if k.startswith(("eval", "beats"))
-        }
-    )
-    return metrics
-
-
 def test_pure_dpo_learns_the_preferences_and_keeps_the_answers(recipe, weak_image_policy, tmp_path):
     out = tmp_path / "dpo"
-    metrics = _report(_dpo(recipe, "digits_dpo.yaml", weak_image_policy, out))
+    metrics = _dpo(recipe, "digits_dpo.yaml", weak_image_policy, out)
     assert yaml.safe_load((out / "config.yaml").read_text())["rpo_alpha"] == 0  # pure DPO
     # Held out (preference_eval pairs, stage2_eval questions; images no stage trained on).
     assert metrics["eval_accuracy_before"] < 0.65, metrics  # the starting policy really is weak
-    assert metrics["eval_reward_accuracy"] >= PURE_REWARD_ACCURACY, (
-        metrics
-    )  # the implicit reward ranks the pairs
+    # The implicit reward beta * log(pi / pi_ref) ranks the pairs.
+    assert metrics["eval_reward_accuracy"] >= PURE_REWARD_ACCURACY, metrics
     assert metrics["eval_reward_margin"] > 0, metrics
     assert metrics["eval_likelihood_accuracy"] > metrics["eval_likelihood_accuracy_before"], metrics
     assert metrics["eval_logp_margin"] >= metrics["eval_logp_margin_before"] + PURE_MARGIN_GAIN, metrics
@@ -62,13 +52,14 @@ def test_pure_dpo_learns_the_preferences_and_keeps_the_answers(recipe, weak_imag
 
 
 def test_rpo_raises_held_out_accuracy_of_a_weak_policy(recipe, weak_image_policy, tmp_path):
-    metrics = _report(_dpo(recipe, "digits_rpo.yaml", weak_image_policy, tmp_path / "rpo"))
+    metrics = _dpo(recipe, "digits_rpo.yaml", weak_image_policy, tmp_path / "rpo")
     before, after = metrics["eval_accuracy_before"], metrics["eval_accuracy"]
     assert before < 0.65, metrics
     assert after >= before + RPO_GAIN, metrics
     assert metrics["eval_reward_accuracy"] > 0.6, metrics  # implicit reward ranks held-out pairs
     gain = after - metrics["eval_accuracy_sft_baseline"]
     assert metrics["eval_accuracy_over_sft_baseline"] == pytest.approx(gain, abs=1e-9)
+    assert gain >= -0.06, metrics  # measured -0.019
     stderr = metrics["eval_accuracy_over_sft_baseline_stderr"]
     assert metrics["beats_sft_baseline"] == (gain > 1.96 * stderr)
 
