@@ -46,8 +46,10 @@ def test_the_compute_matched_sft_baseline_is_reported_honestly(grpo_run):
     _, metrics = grpo_run
     assert metrics["sft_baseline_samples"] == metrics["train_samples"] == 20 * 256
     assert metrics["sft_baseline_updates"] == 20 * 4 * 16
-    print({k: v for k, v in metrics.items() if "baseline" in k or k.startswith("eval_accuracy")})
-    assert metrics["eval_accuracy_sft_baseline"] >= metrics["eval_accuracy_before"] + 0.0, metrics
+    # Measured (seed 43): the baseline reaches 0.539 from 0.425, GRPO 0.578: ahead, but inside the noise (+0.039,
+    # stderr 0.029), so not a win.
+    assert metrics["eval_accuracy_sft_baseline"] >= 0.49, metrics
+    assert metrics["eval_accuracy_over_sft_baseline"] >= -0.01, metrics
     gain = metrics["eval_accuracy"] - metrics["eval_accuracy_sft_baseline"]
     assert metrics["eval_accuracy_over_sft_baseline"] == pytest.approx(gain, abs=1e-9)
     stderr = metrics["eval_accuracy_over_sft_baseline_stderr"]
