@@ -165,7 +165,9 @@ def check_sft_baseline(cfg, accelerator, *, held_out: bool) -> None:
     if not cfg.sft_baseline:
         return
     if not held_out:
-        raise ValueError("--sft_baseline true compares on held-out data: give --eval_data_path")
+        raise ValueError(
+            "--sft_baseline true compares on held-out data: give --eval_data_path (DPO: or --eval_prompts_path)"
+        )
     if getattr(accelerator.state, "deepspeed_plugin", None) is not None or is_zero3(accelerator):
         raise ValueError(
             "--sft_baseline trains a second model in the same process, which DeepSpeed does not support: "
