@@ -15,7 +15,8 @@ audio and text-only prompts.
 Writes the policy (or its LoRA adapter + connector) in from_pretrained form, config.yaml, metrics.json
 (eval_accuracy, eval_reward, eval_kl and the same on the starting policy: *_before), train_log.jsonl
 (reward mean/std and per reward source, zero-std groups, KL, clip fractions, entropy, lengths, seconds per
-step), loss.png and README.md into --output_dir.
+step), loss.png and README.md into --output_dir. With --sft_baseline true (the digits configs) it then trains
+the compute-matched supervised baseline (vlmkit/rlhf/sft_baseline.py) and says in metrics.json whether GRPO beat it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from vlmkit.hub.lifecycle import HUB, vlm_card
 from vlmkit.models.build import build_vlm
 from vlmkit.rlhf.grpo_trainer import GRPOTrainer
 from vlmkit.rlhf.rewards import build_reward
+from vlmkit.rlhf.sft_baseline import check_sft_baseline, compare_with_sft_baseline
 from vlmkit.rlhf.value_model import ActorCritic, frozen_reference, prepare_frozen
 from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.freeze import set_trainable
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(GRPOConfig, argv, prog="grpo", description=__doc__)
     run = Run(cfg, "grpo", hub=HUB)
     accelerator = run.accelerator
+    check_sft_baseline(cfg, accelerator, held_out=bool(cfg.eval_data_path))
 
     # The policy (full or LoRA) and, when the loss has a KL term, the frozen reference it started from.
     policy, processor = build_vlm(cfg, cfg)
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     answers_after = trainer.greedy_answers(shown)
     if run.is_main_process:
         write_examples_before_after(run.out / EXAMPLES_FILE, shown, answers_before, answers_after)
+    if cfg.sft_baseline:  # the same start, prompts and updates, trained on the reference answers
+        metrics.update(compare_with_sft_baseline(trainer, eval_prompts, lambda: build_vlm(cfg, cfg)[0]))
     card = vlm_card(cfg, trainer.bare.policy, stage="stage 4 (GRPO)")
     return run.finish(metrics, card=card, skips=skips, plot_keys=("reward_mean", "kl", "loss"))
 

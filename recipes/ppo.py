@@ -18,6 +18,10 @@ Writes the policy (or its LoRA adapter + connector) in from_pretrained form, val
 metrics.json (eval_reward, eval_kl, eval_accuracy and the same measured on the starting policy: *_before),
 train_log.jsonl (score, reward, KL, KL coefficient, entropy, clip fraction, approx-KL, value loss, explained
 variance, response length, rollout/update seconds per step), loss.png and README.md into --output_dir.
+With --sft_baseline true (the digits configs) it then trains the compute-matched supervised baseline (SFT on the
+reference answers from the same start, the same prompts and updates: vlmkit/rlhf/sft_baseline.py; its log in
+sft_baseline/) and adds eval_accuracy_sft_baseline, eval_accuracy_over_sft_baseline (+ stderr) and
+beats_sft_baseline to metrics.json.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from vlmkit.hub.lifecycle import HUB, vlm_card
 from vlmkit.models.build import build_vlm
 from vlmkit.rlhf.ppo_trainer import PPOTrainer
 from vlmkit.rlhf.rewards import build_reward
+from vlmkit.rlhf.sft_baseline import check_sft_baseline, compare_with_sft_baseline
 from vlmkit.rlhf.value_model import build_actor_critic, frozen_reference, prepare_frozen
 from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.run import Run
@@ -43,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(PPOConfig, argv, prog="ppo", description=__doc__)
     run = Run(cfg, "ppo", hub=HUB)
     accelerator = run.accelerator
+    check_sft_baseline(cfg, accelerator, held_out=bool(cfg.eval_data_path))
 
     # Policy (full or LoRA), the frozen reference it started from, and the value model.
     policy, processor = build_vlm(cfg, cfg)
@@ -82,6 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     answers_after = trainer.greedy_answers(shown)
     if run.is_main_process:
         write_examples_before_after(run.out / EXAMPLES_FILE, shown, answers_before, answers_after)
+    if cfg.sft_baseline:  # the same start, prompts and updates, trained on the reference answers
+        metrics.update(compare_with_sft_baseline(trainer, eval_prompts, lambda: build_vlm(cfg, cfg)[0]))
     card = vlm_card(cfg, trainer.bare.policy, stage="stage 4 (PPO)")
     return run.finish(metrics, card=card, skips=skips, plot_keys=("score_mean", "kl", "loss"))
 

@@ -73,7 +73,7 @@ PINNED_STAGE1 = [
 def stage1_checkpoint(digits_data, tmp_path_factory) -> Path:
     """A short stage-1 run on the embedded digits (the digits config, fewer steps); its output directory.
 
-    Other tests calibrate against this exact run (e.g. a deliberately weak stage 2 for DPO): keep it stable.
+    Other tests calibrate against this exact run: keep it stable.
     """
     out = tmp_path_factory.mktemp("stage1")
     config = str(CONFIGS / "digits_llava_stage1.yaml")
@@ -110,7 +110,8 @@ WEAK_STAGE2_STEPS = 300  # held-out accuracy about 0.4 (the full digits config r
 
 @pytest.fixture(scope="session")
 def weak_image_policy(digits_data, tmp_path_factory) -> Path:
-    """Stage 2 from tiny parts, stopped early on purpose: room for RL (PPO, GRPO) to improve it."""
+    """Stage 2 from tiny parts, stopped early on purpose: room for PPO, GRPO and DPO to improve it (one weak
+    policy for all three, so their tests compare like with like)."""
     out = tmp_path_factory.mktemp("weak_stage2")
     load_recipe("llava_stage2").main(
         ["--config", str(CONFIGS / "digits_llava_stage2.yaml"), "--model_name_or_path", "none",

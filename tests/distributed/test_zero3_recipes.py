@@ -48,7 +48,7 @@ def test_zero3_dpo_with_lora(stage2_baseline: Path, tmp_path: Path):
     out = tmp_path / "dpo"
     run_recipe(
         "dpo", "--config", str(CONFIGS / "digits_dpo.yaml"), "--model_name_or_path", str(stage2_baseline),
-        "--output_dir", str(out), "--use_lora", "true", "--lora_r", "4", "--rpo_alpha", "0",
+        "--output_dir", str(out), "--use_lora", "true", "--lora_r", "4", "--rpo_alpha", "0", "--sft_baseline", "false",
         "--per_device_train_batch_size", "2", "--max_eval_samples", "4", *SHORT, config_file=ZERO3,
     )  # fmt: skip
     m = metrics(out)

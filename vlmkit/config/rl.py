@@ -45,6 +45,13 @@ class RLArgs:
         1.0, "Sampling temperature of rollouts (the log-probs use the same temperature).", gt=0
     )
     top_p: float = _f(1.0, "Nucleus sampling of rollouts (1.0: off).", gt=0, le=1)
+    # ---- baseline ----
+    sft_baseline: bool = _f(
+        False,
+        "After RL, train the compute-matched supervised baseline (SFT on the prompts' reference answers from the "
+        "same start: the same prompts, passes and optimizer updates; see vlmkit.rlhf.sft_baseline), evaluate it "
+        "the same way and report whether RL beat it (eval_*_sft_baseline, rl_beats_sft_baseline).",
+    )
     # ---- overridden defaults ----
     learning_rate: float = _f(1e-5, "Peak learning rate of the policy.")
     lr_scheduler_type: str = _f("constant", "cosine, linear or constant (each after warm-up).")

@@ -65,3 +65,9 @@ class DPOConfig(
         True, "Measure held-out answer accuracy before and after training with greedy generation."
     )
     max_new_tokens: int = _f(8, "Tokens generated per answer during evaluation.", ge=1)
+    sft_baseline: bool = _f(
+        False,
+        "After DPO, train the compute-matched supervised baseline (SFT on the chosen answers from the same start: "
+        "the same pairs, order and optimizer updates; see vlmkit.rlhf.sft_baseline), evaluate it the same way "
+        "and report whether DPO beat it (eval_*_sft_baseline, beats_sft_baseline).",
+    )

@@ -72,13 +72,28 @@ def _headline(facts: dict) -> str:
     return f"{_fmt(facts['before'])} → {value}" if facts.get("before") is not None else value
 
 
-RL_RECIPES = ("ppo", "grpo")
-RL_COLUMNS = ("stage", "method", "eval_accuracy", "eval_kl", "samples used", "wall time (s)")
+RL_RECIPES = ("ppo", "grpo", "dpo")
+RL_COLUMNS = (
+    "stage", "method", "eval_accuracy", "SFT baseline (matched)", "RL − SFT (95% CI)", "beats SFT?",
+    "eval_kl", "samples used", "wall time (s)",
+)  # fmt: skip
+Z_95 = 1.96
+
+
+def _over_baseline(m: dict) -> tuple[str, str]:
+    """(RL's accuracy gain over its compute-matched SFT baseline ± the 95% half-width, verdict) or dashes."""
+    gain = m.get("eval_accuracy_over_sft_baseline")
+    if gain is None:
+        return "—", "—"
+    stderr = m.get("eval_accuracy_over_sft_baseline_stderr", float("nan"))
+    verdict = "yes" if m.get("beats_sft_baseline") else ("no (worse)" if gain < -Z_95 * stderr else "no")
+    return f"{gain:+.3f} ± {Z_95 * stderr:.3f}", verdict
 
 
 def rl_comparison(spec: PipelineSpec, facts: dict[str, dict]) -> list[list[str]]:
-    """Rows comparing the RL stages (PPO, GRPO) side by side: accuracy before -> after, KL to the reference,
-    completions sampled for training and wall time."""
+    """Rows comparing the RL stages (PPO, GRPO, DPO) side by side: accuracy before -> after, the compute-matched
+    SFT baseline's accuracy and RL's paired gain over it (`vlmkit.rlhf.sft_baseline`), KL to the reference,
+    completions sampled for training and wall time (which includes the baseline's training)."""
     rows = []
     for stage in spec.stages:
         f = facts.get(stage.name)
@@ -86,8 +101,9 @@ def rl_comparison(spec: PipelineSpec, facts: dict[str, dict]) -> list[list[str]]
             continue
         m = f["metrics"]
         accuracy = f"{_fmt(m.get('eval_accuracy_before'))} → {_fmt(m.get('eval_accuracy'))}"
-        rows.append([stage.name, stage.recipe.upper(), accuracy, _fmt(m.get("eval_kl")),
-                     _whole(m.get("train_samples")), _whole(f["wall"])])  # fmt: skip
+        gain, verdict = _over_baseline(m)
+        rows.append([stage.name, stage.recipe.upper(), accuracy, _fmt(m.get("eval_accuracy_sft_baseline")), gain,
+                     verdict, _fmt(m.get("eval_kl")), _whole(m.get("train_samples")), _whole(f["wall"])])  # fmt: skip
     return rows
 
 
@@ -111,7 +127,7 @@ def render_markdown(spec: PipelineSpec, root: Path, facts: dict[str, dict]) -> s
             ]
             lines.append("| " + " | ".join(row) + " |")
     rl_rows = rl_comparison(spec, facts)
-    if len(rl_rows) > 1:
+    if rl_rows:
         lines += [
             "",
             "## RL side by side",
@@ -185,7 +201,7 @@ def render_html(spec: PipelineSpec, root: Path, facts: dict[str, dict]) -> str:
         )
     parts.append("</table>")
     rl_rows = rl_comparison(spec, facts)
-    if len(rl_rows) > 1:
+    if rl_rows:
         head = "".join(f"<th>{e(c)}</th>" for c in RL_COLUMNS)
         body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rl_rows)
         parts.append(f"<h2>RL side by side</h2><table id='rl'><tr>{head}</tr>{body}</table>")

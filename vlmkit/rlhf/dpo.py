@@ -191,6 +191,27 @@ class DPOLoss:
         return loss.sum(), extras
 
 
+def chosen_rows(batch: dict) -> dict:
+    """The chosen half of a PreferenceCollator batch (rows [0, B) and their media, which comes first)."""
+    b, media = batch["num_pairs"], batch.get("media")
+    return {
+        "input_ids": batch["input_ids"][:b], "attention_mask": batch["attention_mask"][:b],
+        "labels": batch["labels"][:b], "media": media[: len(media) // 2] if media is not None else None,
+    }  # fmt: skip
+
+
+class ChosenNLL:
+    """compute_loss of the SFT baseline of DPO: each pair's chosen answer's per-token NLL, summed over pairs
+    (items = pairs, as DPOLoss). It is exactly the term RPO adds to DPO (`rpo_alpha`); the rejected answers
+    and the reference are never run."""
+
+    def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        chosen = chosen_rows(batch)
+        logps = batch_logps(model, chosen)
+        nll = length_normalized_nll(logps, answer_lengths(chosen["labels"]))
+        return nll.sum(), {"chosen_nll": float(nll.detach().mean())}
+
+
 @torch.no_grad()
 def evaluate_dpo(
     model: VLM,
@@ -202,11 +223,15 @@ def evaluate_dpo(
     label_smoothing: float = 0.0,
     batch_size: int = 32,
 ) -> dict[str, float]:
-    """Held-out loss (mean DPO loss), reward_accuracy, reward_margin and the policy's logp_chosen/rejected."""
+    """Held-out loss (mean DPO loss), reward_accuracy and reward_margin of the implicit reward, the policy's
+    logp_chosen/rejected, and its likelihood preference: likelihood_accuracy (share of pairs with
+    logp_chosen > logp_rejected) and logp_margin (mean logp_chosen - logp_rejected), with the same two of the
+    reference (the starting policy) as likelihood_accuracy_before and logp_margin_before (and its
+    logp_chosen_before / logp_rejected_before)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    losses, chosen_r, rejected_r, chosen_lp, rejected_lp = [], [], [], [], []
+    losses, chosen_r, rejected_r, chosen_lp, rejected_lp, ref_c, ref_r = [], [], [], [], [], [], []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn):
         if batch.get("empty"):
             continue
@@ -220,13 +245,20 @@ def evaluate_dpo(
         rejected_r.append(r.cpu())
         chosen_lp.append(logps[:b].cpu())
         rejected_lp.append(logps[b:].cpu())
+        ref_c.append(ref[:b].cpu())
+        ref_r.append(ref[b:].cpu())
     model.train(was_training)
     if not losses:
         raise ValueError("no held-out preference pair could be scored (every item was skipped)")
     stats = reward_stats(torch.cat(chosen_r), torch.cat(rejected_r))
+    policy = reward_stats(torch.cat(chosen_lp), torch.cat(rejected_lp))
+    start = reward_stats(torch.cat(ref_c), torch.cat(ref_r))
     return {
         "loss": float(torch.cat(losses).mean()),
         **stats,
         "logp_chosen": float(torch.cat(chosen_lp).mean()),
         "logp_rejected": float(torch.cat(rejected_lp).mean()),
-    }
+        "likelihood_accuracy": policy["reward_accuracy"], "logp_margin": policy["reward_margin"],
+        "likelihood_accuracy_before": start["reward_accuracy"], "logp_margin_before": start["reward_margin"],
+        "logp_chosen_before": float(torch.cat(ref_c).mean()), "logp_rejected_before": float(torch.cat(ref_r).mean()),
+    }  # fmt: skip
