@@ -123,7 +123,8 @@ def test_zero3_grpo(stage2_baseline: Path, tmp_path: Path):
     run_recipe(
         "grpo", "--config", str(CONFIGS / "digits_grpo.yaml"), "--model_name_or_path", str(stage2_baseline),
         "--output_dir", str(out), "--num_generations", "2", "--per_device_train_batch_size", "2",
-        "--steps_per_generation", "1", "--num_iterations", "1", "--max_eval_samples", "4", *SHORT,
+        "--steps_per_generation", "1", "--num_iterations", "1", "--max_eval_samples", "4", "--sft_baseline", "false",
+        *SHORT,
         config_file=ZERO3,
     )  # fmt: skip
     m = metrics(out)
