@@ -29,7 +29,7 @@ LOG_KEYS = (
 def _ppo(recipe, policy: Path, out: Path, *extra: str) -> dict:
     return recipe("ppo").main(
         [
-            "--config", str(CONFIGS / "digits_ppo.yaml"), "--model_name_or_path", str(policy),
+            "--config", str(CONFIGS / "digits_ppo_verifiable.yaml"), "--model_name_or_path", str(policy),
             "--output_dir", str(out), "--max_steps", str(PPO_STEPS), "--report_to", "none", "--seed", SEED, *extra,
         ]
     )  # fmt: skip
