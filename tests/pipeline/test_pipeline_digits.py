@@ -39,9 +39,8 @@ def pipeline_run(tmp_path_factory, vlmkit_session_env) -> tuple[Path, str]:
 
 
 # Measured on the default pipeline (seed 42, this machine); each bar sits a few points under its value.
-KL_BAND = (
-    2.5  # eval_kl within this many times the adaptive controller's target (measured 2.0x image, 1.6x audio)
-)
+# eval_kl within this many times the adaptive controller's target (measured 0.95x image, 0.91x audio).
+KL_BAND = 2.0
 
 
 @pytest.mark.slow
@@ -63,7 +62,7 @@ def test_every_stage_learns(pipeline_run):
     assert _metrics(root, "stage2_weak")["eval_accuracy"] <= 0.65  # weak on purpose: room for RL
     assert _metrics(root, "audio_reward_model")["eval_pairwise_accuracy"] >= 0.95  # measured 0.983
     # PPO optimises the learned reward models (image, audio); GRPO the verifiable digit reward.
-    gains = {"ppo": PPO_GAIN, "grpo": 0.28, "audio_ppo": AUDIO_PPO_GAIN}  # measured +PPO_MEASURED, +0.328, +AUDIO_MEASURED
+    gains = {"ppo": 0.28, "grpo": 0.28, "audio_ppo": 0.08}  # measured +0.336, +0.328, +0.108
     for name, gain in gains.items():  # image and audio policies, held-out prompts
         rl = _metrics(root, name)
         assert rl["eval_reward"] > rl["eval_reward_before"], (name, rl)
@@ -71,10 +70,11 @@ def test_every_stage_learns(pipeline_run):
         assert rl["eval_kl"] > 0, (name, rl)
     for name in ("ppo", "audio_ppo"):
         config = yaml.safe_load((root / name / "config.yaml").read_text())
-        assert config["reward_funcs"] == [] and config["reward_model_name_or_path"], name  # RLHF, not the checker
+        # RLHF: the reward model is the reward; the checker evaluates the rollouts beside it (gold_accuracy).
+        assert config["reward_funcs"] == [] and config["reward_model_name_or_path"], name
         assert _metrics(root, name)["eval_kl"] <= KL_BAND * config["kl_target"], name
         log = [json.loads(line) for line in (root / name / "train_log.jsonl").read_text().splitlines()]
-        assert all("gold_accuracy" in r for r in log), name  # the checker evaluates the rollouts beside the proxy
+        assert all("gold_accuracy" in r for r in log), name
     # Audio GRPO is reported, not claimed: on this budget it does not lift the weak audio policy.
     assert "eval_accuracy" in _metrics(root, "audio_grpo")
     assert _metrics(root, "audio_stage2")["eval_accuracy"] >= 0.75  # measured 0.800, chance 0.10
