@@ -14,13 +14,13 @@ from PIL import Image
 from vlmkit.config.args import ModelArgs
 from vlmkit.config.ppo import PPOConfig
 from vlmkit.data.records import Sample, Turn
-from vlmkit.eval.answers import exact_match
 from vlmkit.models.build import build_vlm
 from vlmkit.rlhf.ppo_math import explained_variance
 from vlmkit.rlhf.ppo_trainer import PPOTrainer
 from vlmkit.rlhf.reward_model import RewardModel
 from vlmkit.rlhf.rewards import ModelReward, RewardSet
 from vlmkit.rlhf.value_model import ActorCritic, frozen_reference
+from vlmkit.rlhf.verifiable import exact_answer
 from vlmkit.training.accelerator import make_accelerator
 from vlmkit.training.freeze import set_trainable
 
@@ -114,7 +114,7 @@ def test_gold_accuracy_of_the_rollouts_is_logged_beside_the_proxy_reward(parts, 
     trainer = _trainer(parts, tmp_path, normalize_scores=True)
     exp = _first_experience(trainer)
     stats = trainer.rollout_stats(exp)
-    gold = [exact_match(t, r) for t, r in zip(exp.rollout.texts, exp.rollout.references)]
+    gold = exact_answer(exp.rollout.texts, exp.rollout.references)
     assert stats["gold_accuracy"] == pytest.approx(sum(gold) / len(gold))
     assert stats["score_mean"] == pytest.approx(exp.scores.mean().item())
     assert stats["explained_variance"] >= 0

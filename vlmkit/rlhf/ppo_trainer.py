@@ -11,8 +11,8 @@ One PPO step (Ziegler et al. 2019; Ouyang et al. 2022):
    `gradient_accumulation_steps` micro-batches: clipped policy loss + vf_coef * clipped value loss;
 5. the KL controller sees the batch's mean KL per response.
 The reward only says what the policy optimises; `gold_accuracy` in the log (sampled answers that match the
-prompts' reference answers) is measured beside it and never rewarded, so a proxy reward that rises while gold
-accuracy falls (reward hacking) shows in the log and the pipeline report.
+prompts' reference answers: `verifiable.exact_answer`) is measured beside it and never rewarded, so a proxy
+reward that rises while gold accuracy falls (reward hacking) shows in the log and the pipeline report.
 Losses are token means over the whole mini-batch (all micro-batches, all processes), so batch 8 x
 accumulation 1 and batch 1 x accumulation 8 give the same update. Each mini-batch update goes through the
 shared `OptimizerStepper` (the NaN/inf guard: a non-finite update is skipped and counted in `bad_steps`,
@@ -30,7 +30,6 @@ import torch
 from torch import Tensor
 
 from vlmkit.data.records import Sample
-from vlmkit.eval.answers import exact_match
 from vlmkit.rlhf.kl import build_kl_controller
 from vlmkit.rlhf.ppo_math import (
     apply_missing_eos_penalty,
@@ -52,6 +51,7 @@ from vlmkit.rlhf.reward_scale import (
 from vlmkit.rlhf.rl_trainer import RLTrainer
 from vlmkit.rlhf.rollout import Rollout
 from vlmkit.rlhf.value_model import ActorCritic
+from vlmkit.rlhf.verifiable import exact_answer
 
 
 @dataclass
@@ -189,10 +189,7 @@ class PPOTrainer(RLTrainer):
         acc, mask = self.accelerator, exp.mask
         rollout, device = exp.rollout, mask.device
         graded = torch.tensor([float(ref is not None) for ref in rollout.references], device=device)
-        gold = [
-            float(ref is not None and exact_match(t, ref))
-            for t, ref in zip(rollout.texts, rollout.references)
-        ]
+        gold = exact_answer(rollout.texts, rollout.references)
         per_row = torch.stack(
             [exp.scores, exp.rewards, exp.kl, mask.sum(1).float(), rollout.has_eos.float(),
              torch.tensor(gold, device=device), graded], dim=1,
