@@ -39,7 +39,7 @@ def pipeline_run(tmp_path_factory, vlmkit_session_env) -> tuple[Path, str]:
 
 
 # Measured on the default pipeline (seed 42, this machine); each bar sits a few points under its value.
-# eval_kl within this many times the adaptive controller's target (measured 0.95x image, 0.91x audio).
+# eval_kl within this many times the adaptive controller's target (measured 1.31x image, 0.91x audio).
 KL_BAND = 2.0
 
 
@@ -62,7 +62,7 @@ def test_every_stage_learns(pipeline_run):
     assert _metrics(root, "stage2_weak")["eval_accuracy"] <= 0.65  # weak on purpose: room for RL
     assert _metrics(root, "audio_reward_model")["eval_pairwise_accuracy"] >= 0.95  # measured 0.983
     # PPO optimises the learned reward models (image, audio); GRPO the verifiable digit reward.
-    gains = {"ppo": 0.28, "grpo": 0.28, "audio_ppo": 0.08}  # measured +0.336, +0.328, +0.108
+    gains = {"ppo": 0.33, "grpo": 0.28, "audio_ppo": 0.08}  # measured +0.381, +0.328, +0.108
     for name, gain in gains.items():  # image and audio policies, held-out prompts
         rl = _metrics(root, name)
         assert rl["eval_reward"] > rl["eval_reward_before"], (name, rl)

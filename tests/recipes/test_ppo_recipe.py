@@ -21,7 +21,7 @@ PPO_STEPS = 20
 # seed 43; the pipeline test shows PPO's gain on the default chain (0.561 -> 0.919).
 SEED = "43"
 NO_KL_STEPS = 10
-RLHF_GAIN = 0.10  # held-out accuracy over the start with the learned reward (measured +TBD)
+RLHF_GAIN = 0.15  # held-out accuracy over the start with the learned reward (measured +0.183)
 KL_BAND = 2.0  # eval_kl must stay within KL_BAND x the adaptive controller's target
 LOG_KEYS = (
     "score_mean", "score_std", "reward_mean", "reward_std", "kl", "kl_coef", "entropy", "clip_fraction",
