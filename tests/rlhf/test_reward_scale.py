@@ -73,13 +73,20 @@ def test_scores_are_standardised_with_the_first_batch_only_and_the_state_round_t
     scale = RewardScale(normalize_scores=True, calibrate_critic=True)
     first = torch.tensor([-3.0, -1.0, 1.0, 3.0])  # mean 0, unbiased std sqrt(20/3)
     std = (20.0 / 3.0) ** 0.5
-    assert torch.allclose(scale.normalize(first, first), first / std)
+    with pytest.raises(RuntimeError, match="before fit"):
+        scale.normalize(first)
+    assert scale.needs_statistics
+    scale.fit(first)
+    assert not scale.needs_statistics and torch.allclose(scale.normalize(first), first / std)
     later = torch.tensor([10.0, 20.0])
-    assert torch.allclose(scale.normalize(later, later), later / std)  # still the first batch's statistics
+    assert torch.allclose(scale.normalize(later), later / std)  # still the first batch's statistics
     assert scale.critic_pending
     scale.critic_fit = (0.2, 0.1)
     restored = RewardScale(normalize_scores=True, calibrate_critic=True)
     restored.load_state_dict(scale.state_dict())
-    assert not restored.critic_pending and torch.allclose(restored.normalize(later, later), later / std)
+    assert not restored.critic_pending and torch.allclose(restored.normalize(later), later / std)
+    constant = RewardScale(normalize_scores=True, calibrate_critic=False)
+    constant.fit(torch.full((4,), 0.25))  # no spread: centred, not divided by zero
+    assert torch.equal(constant.normalize(torch.tensor([0.25, 1.25])), torch.tensor([0.0, 1.0]))
     off = RewardScale(normalize_scores=False, calibrate_critic=False)
-    assert torch.equal(off.normalize(later, later), later) and not off.critic_pending
+    assert not off.needs_statistics and torch.equal(off.normalize(later), later) and not off.critic_pending

@@ -128,7 +128,9 @@ class PPOTrainer(RLTrainer):
             scores = apply_missing_eos_penalty(
                 scores, rollout.response_ids, self.tokenizer.eos_token_id, cfg.missing_eos_penalty, mask
             )
-        normalized = self.scale.normalize(scores, self.accelerator.gather(scores))
+        if self.scale.needs_statistics:
+            self.scale.fit(self.accelerator.gather(scores))
+        normalized = self.scale.normalize(scores)
         rewards, kl = compute_rewards(
             normalized, logprobs, ref_logprobs, mask, self.kl_ctl.value, cfg.kl_estimator
         )

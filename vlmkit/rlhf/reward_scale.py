@@ -76,17 +76,24 @@ class RewardScale:
         self.std: float | None = None
         self.critic_fit: tuple[float, float] | None = None
 
-    def normalize(self, scores: Tensor, all_scores: Tensor) -> Tensor:
-        """`scores` (B,) standardised with the statistics of `all_scores` (every process's first batch), fixed at the
-        first call; unchanged when normalisation is off."""
+    @property
+    def needs_statistics(self) -> bool:
+        return self.normalize_scores and self.mean is None
+
+    def fit(self, all_scores: Tensor) -> None:
+        """Take the mean and std of `all_scores` (every process's first batch, (N,)); a zero std counts as 1."""
+        std = all_scores.double().std().item() if all_scores.numel() > 1 else 0.0
+        self.mean, self.std = (
+            all_scores.double().mean().item(),
+            std if math.isfinite(std) and std > 0 else 1.0,
+        )
+
+    def normalize(self, scores: Tensor) -> Tensor:
+        """`scores` (B,) standardised with the fitted statistics; unchanged when normalisation is off."""
         if not self.normalize_scores:
             return scores
         if self.mean is None:
-            std = all_scores.double().std().item() if all_scores.numel() > 1 else 0.0
-            self.mean, self.std = (
-                all_scores.double().mean().item(),
-                std if math.isfinite(std) and std > 0 else 1.0,
-            )
+            raise RuntimeError("RewardScale.normalize before fit: fit it on the first batch's scores")
         return (scores - self.mean) / self.std
 
     @property
