@@ -1,23 +1,26 @@
 """Stage 4 (RLHF): PPO with a per-token KL penalty against the frozen starting policy, for image and audio VLMs.
 
-    # verifiable reward on the embedded digits (1 when the answer is right), from a stage-2 policy:
-    python recipes/ppo.py --config recipes/configs/digits_ppo.yaml --model_name_or_path outputs/digits/llava_stage2
-    # a stage-3 reward model instead, and a critic initialised from it:
-    accelerate launch recipes/ppo.py --config recipes/configs/digits_ppo.yaml \
-        --model_name_or_path outputs/digits/llava_stage2 --reward_funcs none \
-        --reward_model_name_or_path outputs/digits/reward_model --value_model reward_model
+    # RLHF on the embedded digits: the policy optimises the stage-3 reward model's score (standardised), and the
+    # critic starts from that reward model; the digit checker only evaluates (gold_accuracy in the log):
+    python recipes/ppo.py --config recipes/configs/digits_ppo.yaml \
+        --model_name_or_path outputs/digits/llava_stage2_weak --reward_model_name_or_path outputs/digits/reward_model
+    # the verifiable reward instead (1 when the answer is right), a value head on the policy:
+    python recipes/ppo.py --config recipes/configs/digits_ppo_verifiable.yaml \
+        --model_name_or_path outputs/digits/llava_stage2_weak
     # LoRA policy (the reference is the same weights with the adapters off) under DeepSpeed ZeRO-3:
     accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml recipes/ppo.py \
-        --config recipes/configs/digits_ppo.yaml --model_name_or_path outputs/digits/llava_stage2 --use_lora true
-    # audio: the same recipe on a spoken-digits stage-2 policy
-    python recipes/ppo.py --config recipes/configs/digits_ppo.yaml --model_name_or_path outputs/spoken/llava_stage2 \
-        --data_path vlmkit-data/spoken_digits/audio_prompts_train.json \
-        --eval_data_path vlmkit-data/spoken_digits/audio_prompts_eval.json
+        --config recipes/configs/digits_ppo_verifiable.yaml --model_name_or_path outputs/digits/llava_stage2 \
+        --use_lora true
+    # audio: a spoken-digits policy and the audio reward model
+    python recipes/ppo.py --config recipes/configs/spoken_digits_ppo.yaml \
+        --model_name_or_path outputs/spoken_digits/audio_stage2_weak \
+        --reward_model_name_or_path outputs/spoken_digits/reward_model
 
 Writes the policy (or its LoRA adapter + connector) in from_pretrained form, value_model/, config.yaml,
 metrics.json (eval_reward, eval_kl, eval_accuracy and the same measured on the starting policy: *_before),
-train_log.jsonl (score, reward, KL, KL coefficient, entropy, clip fraction, approx-KL, value loss, explained
-variance, response length, rollout/update seconds per step), loss.png and README.md into --output_dir.
+train_log.jsonl (score, reward, gold accuracy of the rollouts, KL, KL coefficient, entropy, clip fraction,
+approx-KL, value loss, explained variance, response length, rollout/update seconds per step), loss.png and
+README.md into --output_dir.
 With --sft_baseline true (the digits configs) it then trains the compute-matched supervised baseline (SFT on the
 reference answers from the same start, the same prompts and updates: vlmkit/rlhf/sft_baseline.py; its log in
 sft_baseline/) and adds eval_accuracy_sft_baseline, eval_accuracy_over_sft_baseline (+ stderr) and
@@ -91,7 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.sft_baseline:  # the same start, prompts and updates, trained on the reference answers
         metrics.update(compare_with_sft_baseline(trainer, eval_prompts, lambda: build_vlm(cfg, cfg)[0]))
     card = vlm_card(cfg, trainer.bare.policy, stage="stage 4 (PPO)")
-    return run.finish(metrics, card=card, skips=skips, plot_keys=("score_mean", "kl", "loss"))
+    return run.finish(
+        metrics, card=card, skips=skips, plot_keys=("score_mean", "gold_accuracy", "kl", "loss")
+    )
 
 
 if __name__ == "__main__":

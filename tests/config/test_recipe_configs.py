@@ -35,8 +35,9 @@ SHIPPED = {
     "digits_llava_stage2_weak.yaml": "llava_stage2", "llava15_stage2.yaml": "llava_stage2",
     "qlora_siglip_qwen2.5_0.5b.yaml": "llava_stage2", "spoken_digits_audio_stage2.yaml": "llava_stage2",
     "spoken_digits_audio_stage2_weak.yaml": "llava_stage2",
-    "digits_reward_model.yaml": "reward_model", "digits_dpo.yaml": "dpo", "digits_rpo.yaml": "dpo",
-    "digits_ppo.yaml": "ppo", "spoken_digits_ppo.yaml": "ppo", "ppo_llava.yaml": "ppo",
+    "digits_reward_model.yaml": "reward_model", "spoken_digits_reward_model.yaml": "reward_model",
+    "digits_dpo.yaml": "dpo", "digits_rpo.yaml": "dpo", "digits_ppo.yaml": "ppo", "spoken_digits_ppo.yaml": "ppo",
+    "ppo_llava.yaml": "ppo", "digits_ppo_verifiable.yaml": "ppo", "spoken_digits_ppo_verifiable.yaml": "ppo",
     "digits_grpo.yaml": "grpo", "spoken_digits_grpo.yaml": "grpo", "digits_eval.yaml": "eval",
     "digits_lm_pretrain.yaml": "lm_pretrain",
 }  # fmt: skip

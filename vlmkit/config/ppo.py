@@ -47,6 +47,18 @@ class PPOConfig(RLArgs, HubArgs, LoraArgs, EvalArgs, DataArgs, ModelArgs, OptimA
         None, "Learning rate of the value model (default: learning_rate).", ge=0
     )
     vf_coef: float = _f(0.1, "Weight of the value loss in the total loss.", ge=0)
+    calibrate_critic: bool = _f(
+        True,
+        "value_model=reward_model: before the first update, map the critic head to the first batch's returns by "
+        "least squares (scale and offset), so a reward model's scale cannot make the critic worse than a constant "
+        "(vlmkit.rlhf.reward_scale).",
+    )
+    normalize_scores: bool = _f(
+        False,
+        "Standardise the scores with the mean and std of the first rollout batch (the starting policy's), fixed "
+        "for the run: a reward model's arbitrary scale then meets the KL coefficient in units of its spread. "
+        "missing_eos_penalty stays in the score's own units.",
+    )
     # ---- rollouts ----
     # ---- KL penalty ----
     kl_estimator: str = _f(

@@ -8,6 +8,8 @@ import io
 import json
 from pathlib import Path
 
+from vlmkit.pipeline.reward_hacking import PLOT_FILE as PROXY_PLOT_FILE
+from vlmkit.pipeline.reward_hacking import plot_proxy_vs_gold
 from vlmkit.pipeline.spec import PipelineSpec, StageSpec
 from vlmkit.training.reporting import METRICS_FILE, PLOT_FILE
 
@@ -52,6 +54,12 @@ def _stage_facts(stage: StageSpec, stage_dir: Path) -> dict:
         "peak_mb": metrics.get("peak_memory_mb"),
         "config": (stage_dir / "config.yaml").read_text() if (stage_dir / "config.yaml").is_file() else "",
         "plot": stage_dir / PLOT_FILE if (stage_dir / PLOT_FILE).is_file() else None,
+        # RL stages that log gold accuracy beside their proxy reward: both per step (reward hacking shows).
+        "proxy_plot": plot_proxy_vs_gold(
+            stage_dir / "train_log.jsonl",
+            stage_dir / PROXY_PLOT_FILE,
+            f"{stage.name}: proxy reward vs gold accuracy",
+        ),
         "examples": examples,
     }
 
@@ -144,6 +152,8 @@ def render_markdown(spec: PipelineSpec, root: Path, facts: dict[str, dict]) -> s
         lines += [f"- `{k}`: {_fmt(v)}" for k, v in sorted(f["metrics"].items())]
         if f["plot"]:
             lines += ["", f"![{stage.name} loss]({stage.name}/{PLOT_FILE})"]
+        if f["proxy_plot"]:
+            lines += ["", f"![{stage.name} proxy reward vs gold accuracy]({stage.name}/{PROXY_PLOT_FILE})"]
         if f["examples"]:
             before = any("answer_before" in ex for ex in f["examples"])
             head = "before | after" if before else "answer"
@@ -216,6 +226,11 @@ def render_html(spec: PipelineSpec, root: Path, facts: dict[str, dict]) -> str:
         parts.append(f"<table class='metrics'>{rows}</table>")
         if f["plot"]:
             parts.append(f"<img class='plot' alt='{e(stage.name)} loss curve' src='{_b64_png(f['plot'])}'>")
+        if f["proxy_plot"]:
+            parts.append(
+                f"<img class='plot' alt='{e(stage.name)} proxy reward vs gold accuracy' "
+                f"src='{_b64_png(f['proxy_plot'])}'>"
+            )
         if f["examples"]:
             before = any("answer_before" in ex for ex in f["examples"])  # RL: the answer it started from
             head = "<th>before</th><th>after</th>" if before else "<th>answer</th>"
