@@ -61,7 +61,8 @@ def test_every_stage_learns(pipeline_run):
     assert _metrics(root, "stage2_bench")["eval_digits_mmbench_circular_accuracy"] >= 0.27  # measured 0.320
     assert _metrics(root, "reward_model")["eval_pairwise_accuracy"] >= 0.95  # measured 0.986
     assert _metrics(root, "stage2_weak")["eval_accuracy"] <= 0.65  # weak on purpose: room for RL
-    gains = {"ppo": 0.30, "grpo": 0.28, "audio_ppo": 0.12}  # measured +0.358, +0.328, +0.167
+    # measured +0.358, +0.328, +0.167, +0.158 (audio GRPO alone, seed 42; +0.233 with seed 1)
+    gains = {"ppo": 0.30, "grpo": 0.28, "audio_ppo": 0.12, "audio_grpo": 0.12}
     for name, gain in gains.items():  # image and audio policies, held-out prompts
         rl = _metrics(root, name)
         assert rl["eval_reward"] > rl["eval_reward_before"], (name, rl)
@@ -70,8 +71,6 @@ def test_every_stage_learns(pipeline_run):
     for name in ("ppo", "audio_ppo"):
         target = yaml.safe_load((root / name / "config.yaml").read_text())["kl_target"]
         assert _metrics(root, name)["eval_kl"] <= KL_BAND * target, name
-    # Audio GRPO is reported, not claimed: on this budget it does not lift the weak audio policy.
-    assert "eval_accuracy" in _metrics(root, "audio_grpo")
     assert _metrics(root, "audio_stage2")["eval_accuracy"] >= 0.75  # measured 0.800, chance 0.10
     examples = json.loads((root / "ppo" / "eval_examples.json").read_text())
     assert examples and all({"answer_before", "prediction", "media"} <= set(ex) for ex in examples)
