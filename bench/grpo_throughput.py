@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -121,8 +122,17 @@ def combine(rounds: list[dict]) -> dict:
         "median_step_cpu_seconds": median_step, "completions_per_cpu_s": completions / len(steps) / median_step,
         "completions_per_cpu_s_total": completions / sum(steps),
         "completion_length_mean": statistics.mean(r["completion_length_mean"] for r in rounds),
+        **({"phase_shares": shares(rounds)} if "phase_cpu_seconds" in rounds[0] else {}),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in rounds),
     }  # fmt: skip
+
+
+def shares(rounds: list[dict]) -> dict[str, float]:
+    """Each phase's share of vlmkit's measured step CPU time, over all rounds."""
+    phases = rounds[0]["phase_cpu_seconds"]
+    totals = {k: sum(r["phase_cpu_seconds"][k] for r in rounds) for k in phases}
+    whole = sum(totals.values())
+    return {k: v / whole for k, v in totals.items()}
 
 
 def run_vlmkit(args, work: Path) -> dict:
@@ -150,12 +160,23 @@ def run_vlmkit(args, work: Path) -> dict:
     trainer = GRPOTrainer(cfg, accelerator, ActorCritic(policy), processor, build_reward(cfg), prompts,
                           reference=reference)  # fmt: skip
     clock = CpuClock()
-    clock.wrap(trainer, "make_experience")
-    clock.wrap(trainer, "update")
+    for phase in ("make_experience", "update", "sample", "ref_logprobs"):  # the last two run inside the first
+        clock.wrap(trainer, phase)
     history = trainer.train().history
     step_cpu = [r + u for r, u in zip(clock.calls["make_experience"], clock.calls["update"])]
     return {**measured(step_cpu, SEEN), "completion_length_mean": sum(h["response_length"] for h in history)
-            / len(history), "reward_mean": sum(h["reward_mean"] for h in history) / len(history)}  # fmt: skip
+            / len(history), "reward_mean": sum(h["reward_mean"] for h in history) / len(history),
+            "phase_cpu_seconds": phase_seconds(clock.calls)}  # fmt: skip
+
+
+def phase_seconds(calls: dict[str, list[float]]) -> dict[str, float]:
+    """CPU seconds of vlmkit's measured steps (the first is left out) by phase: generation, the reference
+    pass, the update, and the rest of the rollout (prompt batching, rewards, advantages)."""
+    skip = 1 if len(calls["update"]) > 1 else 0
+    total = {name: sum(times[skip:]) for name, times in calls.items()}
+    rest = total["make_experience"] - total["sample"] - total.get("ref_logprobs", 0.0)
+    return {"generation": total["sample"], "reference": total.get("ref_logprobs", 0.0),
+            "update": total["update"], "rollout_rest": rest}  # fmt: skip
 
 
 def run_trl(args, work: Path) -> dict:
@@ -220,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompts", type=int, default=36, help="distinct training prompts")
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--loss_type", default="dapo")
-    parser.add_argument("--rounds", type=int, default=2, help="runs of each framework, alternating")
+    parser.add_argument("--rounds", type=int, default=4, help="runs of each framework, alternating")
     parser.add_argument("--quick", action="store_true", help="smoke mode: " + " ".join(QUICK))
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--worker", choices=("vlmkit", "trl"), help=argparse.SUPPRESS)
@@ -229,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args([*QUICK, *argv] if "--quick" in argv else argv)
     if args.worker:
         return worker(args)
+    load_before = os.getloadavg()[0]
     rounds: dict[str, list[dict]] = {"vlmkit": [], "trl": []}
     with tempfile.TemporaryDirectory() as tmp:
         prepare(args, Path(tmp))
@@ -249,8 +271,18 @@ def main(argv: list[str] | None = None) -> dict:
          "mean completion tokens": r["completion_length_mean"], "peak RSS MiB": r["peak_rss_mb"]}
         for name, r in runs.items()
     ]  # fmt: skip
+    load = (load_before, os.getloadavg()[0])
+    result["load_average_1min_before_after"] = [round(x, 2) for x in load]
+    phases = runs["vlmkit"]["phase_shares"]
     notes = (
         f"**grpo_speedup_vs_trl = {speedup:.3f}** (completions per CPU-second, vlmkit / TRL).\n\n"
+        f"Where vlmkit's step goes (CPU time): "
+        + ", ".join(f"{k} {v:.0%}" for k, v in phases.items())
+        + " (generation is transformers' `generate` with the KV cache, the same call TRL makes).\n\n"
+        f"The machine is shared: 1-minute load average {load[0]:.1f} before and {load[1]:.1f} after, on "
+        f"{os.cpu_count()} cores. CPU time still moves with the load (cache and core contention), so only "
+        "the ratio within one run counts. On 2026-12-04, runs of the same code with 2 rounds gave 1.23, 1.35 "
+        "and 1.51, hence 4 rounds by default.\n\n"
         f"{args.rounds} alternating runs per framework of {args.steps} steps (measured: steps 2..n) of {args.prompts_per_step} prompts x "
         f"{args.num_generations} completions, up to {args.max_completion_length} completion tokens, "
         f"beta {args.beta}, loss_type {args.loss_type}, learning rate {LEARNING_RATE}.\n\n"

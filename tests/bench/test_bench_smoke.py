@@ -84,6 +84,10 @@ def test_grpo_bench_against_trl(tmp_path):
         assert only["reward_calls"] == only["steps"] == 2 and run["completions"] == per_step
         assert 0 < run["completion_length_mean"] <= result["max_completion_length"]
         assert run["median_step_cpu_seconds"] > 0 and run["peak_rss_mb"] > 0
+    shares = runs["vlmkit"]["phase_shares"]  # where vlmkit's step goes, reported beside the ratio
+    assert set(shares) == {"generation", "reference", "update", "rollout_rest"}
+    assert abs(sum(shares.values()) - 1) < 1e-6 and min(shares["generation"], shares["update"]) > 0.1
+    assert "Where vlmkit's step goes" in (tmp_path / "grpo_throughput.md").read_text()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["grpo_speedup_vs_trl"] == round(result["grpo_speedup_vs_trl"], 4) > 0
 

@@ -62,7 +62,8 @@ def test_every_stage_learns(pipeline_run):
     assert _metrics(root, "stage2_weak")["eval_accuracy"] <= 0.65  # weak on purpose: room for RL
     assert _metrics(root, "audio_reward_model")["eval_pairwise_accuracy"] >= 0.95  # measured 0.983
     # PPO optimises the learned reward models (image, audio); GRPO the verifiable digit reward.
-    gains = {"ppo": 0.33, "grpo": 0.28, "audio_ppo": 0.08}  # measured +0.381, +0.328, +0.108
+    # measured +0.381, +0.328, +0.108, +0.267 (audio GRPO alone, 2 threads; with 1 thread +0.158, seed 1 +0.233)
+    gains = {"ppo": 0.33, "grpo": 0.28, "audio_ppo": 0.08, "audio_grpo": 0.12}
     for name, gain in gains.items():  # image and audio policies, held-out prompts
         rl = _metrics(root, name)
         assert rl["eval_reward"] > rl["eval_reward_before"], (name, rl)
@@ -92,8 +93,6 @@ def test_every_stage_learns(pipeline_run):
     assert dpo["eval_accuracy"] >= dpo["eval_accuracy_before"], dpo  # measured 0.589 -> 0.614
     # SFT on the chosen answers with DPO's pairs and updates: measured 0.483, DPO +0.131 over it.
     assert dpo["eval_accuracy_over_sft_baseline"] >= 0.08, dpo
-    # Audio GRPO is reported, not claimed: on this budget it does not lift the weak audio policy.
-    assert "eval_accuracy" in _metrics(root, "audio_grpo")
     assert _metrics(root, "audio_stage2")["eval_accuracy"] >= 0.75  # measured 0.800, chance 0.10
     examples = json.loads((root / "ppo" / "eval_examples.json").read_text())
     assert examples and all({"answer_before", "prediction", "media"} <= set(ex) for ex in examples)

@@ -20,6 +20,7 @@ from vlmkit.models.build import build_vlm
 from vlmkit.rlhf import grpo_trainer
 from vlmkit.rlhf.grpo_trainer import GRPOTrainer
 from vlmkit.rlhf.rewards import FunctionReward, RewardSet
+from vlmkit.rlhf.rollout import hf_generate
 from vlmkit.rlhf.value_model import ActorCritic, frozen_reference
 from vlmkit.training.accelerator import make_accelerator
 
@@ -109,6 +110,29 @@ def test_equal_reward_groups_are_counted_and_leave_the_policy_unchanged(base_pol
     after = trainer.bare.policy.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # k3 has zero gradient at the reference
     assert trainer.rollout_stats(exp)["zero_std_group_fraction"] == 1.0
+
+
+def test_each_reward_source_is_logged_apart_and_the_weighted_sum_is_the_reward(base_policy, tmp_path):
+    trainer = make_trainer(base_policy, tmp_path)
+    trainer.reward = RewardSet(
+        [("text_parity", 1.0, FunctionReward(text_parity, "text_parity")),
+         ("constant", 0.5, FunctionReward(constant, "constant"))]
+    )  # fmt: skip
+    torch.manual_seed(0)
+    exp = trainer.make_experience(trainer.prompts_for_step(0))
+    stats = trainer.rollout_stats(exp)
+    parity = torch.tensor(text_parity(exp.rollout.texts, None, None))
+    assert stats["reward_text_parity"] == pytest.approx(parity.mean().item())
+    assert stats["reward_constant"] == 1.0
+    assert stats["reward_mean"] == pytest.approx(parity.mean().item() + 0.5)
+    assert stats["bad_reward_text_parity"] == stats["bad_reward_constant"] == 0
+
+
+def test_generation_engine_is_hf_generate_and_use_vllm_is_refused(base_policy, tmp_path):
+    """TRL's `use_vllm` is recognised and refused, naming what generates instead: no vLLM engine ships."""
+    assert make_trainer(base_policy, tmp_path).engine is hf_generate
+    with pytest.raises(ValueError, match="use_vllm: vlmkit ships no vLLM rollout engine.*RolloutEngine"):
+        make_trainer(base_policy, tmp_path, use_vllm=True)
 
 
 def test_reused_batches_clip_and_keep_their_sampling_log_probs(base_policy, tmp_path):

@@ -67,6 +67,12 @@ class GRPOConfig(RLArgs, HubArgs, LoraArgs, EvalArgs, DataArgs, ModelArgs, Optim
         "Optimizer steps per pass over a generated batch (its mini-batches of per_device x accumulation).",
         ge=1,
     )
+    use_vllm: bool = _f(
+        False,
+        "Generate rollouts with a colocated vLLM engine (TRL's flag). No vLLM engine ships yet: generation "
+        "is transformers' generate with the KV cache, and true stops with an error saying so "
+        "(vlmkit.rlhf.rollout.RolloutEngine is the seam where one plugs in).",
+    )
 
     @property
     def rollout_batch_size(self) -> int:

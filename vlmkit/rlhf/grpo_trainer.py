@@ -25,7 +25,7 @@ from vlmkit.data.records import Sample
 from vlmkit.rlhf.grpo_math import clipped_token_loss, group_advantages, loss_sum_and_count
 from vlmkit.rlhf.ppo_math import entropy_from_logits
 from vlmkit.rlhf.rl_trainer import RLTrainer
-from vlmkit.rlhf.rollout import Rollout
+from vlmkit.rlhf.rollout import Rollout, rollout_engine
 
 
 @dataclass
@@ -58,6 +58,7 @@ class GRPOTrainer(RLTrainer):
             raise ValueError(
                 "beta > 0 needs the reference policy: pass a frozen copy (or train LoRA adapters)"
             )
+        self.engine = rollout_engine(cfg.use_vllm)
 
     @staticmethod
     def prompts_per_rank(cfg) -> int:

@@ -210,6 +210,18 @@ def hf_generate(policy: nn.Module, batch: Rollout, tokenizer, **sampling) -> Rol
     return generate_rollout(policy, batch, tokenizer, **sampling)
 
 
+def rollout_engine(use_vllm: bool = False) -> RolloutEngine:
+    """The engine a config asks for: `hf_generate`. No vLLM engine ships: vLLM could not be installed or tested
+    where vlmkit is built (CPU-only machines), so `use_vllm` is refused rather than silently ignored."""
+    if use_vllm:
+        raise ValueError(
+            "use_vllm: vlmkit ships no vLLM rollout engine yet (vLLM could not be installed or tested on the "
+            "CPU-only machines vlmkit is built and tested on); leave use_vllm false to generate with "
+            "transformers' generate, or set the trainer's `engine` to your own vlmkit.rlhf.rollout.RolloutEngine"
+        )
+    return hf_generate
+
+
 def sampling_logprobs(logits: Tensor, rollout: Rollout, suppressed_token_id: int | None) -> Tensor:
     """(B, T) log-probs of the response tokens under (B, T, V) `logits` already divided by the temperature,
     with the never-sampled media placeholder excluded, as the sampler saw them."""
