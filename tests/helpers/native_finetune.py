@@ -15,7 +15,7 @@ import torch
 from vlmkit.config.args import EpochArgs, OptimArgs, RunArgs
 from vlmkit.data.embedded import resolve_data_path
 from vlmkit.data.readers import read_dataset
-from vlmkit.eval.native_answers import native_answer_accuracy
+from vlmkit.eval.answers import answer_accuracy
 from vlmkit.models.native.collate import NativeCollator
 from vlmkit.models.native.encoding import NativeEncoder
 from vlmkit.models.native.loading import load_native_vlm
@@ -73,7 +73,7 @@ def finetune(
                                    mixed_precision="no", report_to=["none"])  # fmt: skip
     collate = NativeCollator(processor.tokenizer.pad_token_id, model.config.model_type)
     result = train(cfg, accelerator, model, dataset, collate, native_sft_loss)
-    accuracy, examples = native_answer_accuracy(result.model, encoder, digits("eval", n_eval), batch_size=40)
+    accuracy, examples = answer_accuracy(result.model, encoder, digits("eval", n_eval), batch_size=40)
     return {
         "accuracy": accuracy,
         "train_seconds": result.train_seconds,

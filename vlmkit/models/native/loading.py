@@ -158,3 +158,26 @@ def load_native_vlm(
         kwargs.update(quantization_config=quantization, device_map={"": _device_index()})
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     return model, processor
+
+
+def is_native_adapter(path: str | Path) -> bool:
+    """True for a local PEFT adapter directory whose base checkpoint is a native image-text model."""
+    file = Path(path) / "adapter_config.json"
+    if not file.is_file():
+        return False
+    base = json.loads(file.read_text()).get("base_model_name_or_path")
+    return bool(base) and is_native_vlm(base)
+
+
+def load_native_checkpoint(path: str | Path, *, is_trainable: bool = False, trust_remote_code: bool = False):
+    """(model, processor) of a native checkpoint: a full model, or a LoRA adapter directory (adapter + the
+    connector it trained in full + processor files) applied to the base its adapter_config.json names."""
+    path = Path(path)
+    if not is_native_adapter(path):
+        return load_native_vlm(path, trust_remote_code=trust_remote_code)
+    from peft import PeftModel
+
+    base_path = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base, _ = load_native_vlm(base_path, trust_remote_code=trust_remote_code)
+    model = PeftModel.from_pretrained(base, path, is_trainable=is_trainable)
+    return model, load_processor(path, trust_remote_code=trust_remote_code)
