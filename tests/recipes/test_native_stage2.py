@@ -1,7 +1,8 @@
 """Stage 2 on native transformers VLMs through the real recipe: `--model_name_or_path vlmkit-tiny/native-<family>`.
 
 A few steps on 48 embedded digits, LoRA and full, then what a user does with the output directory: plain
-transformers / peft load it and give the trained model's held-out loss (so its logits) to float precision.
+transformers / peft load it and give the trained model's held-out loss (so its logits) to float precision;
+`vlmkit merge` folds the adapter into a plain transformers checkpoint and `vlmkit generate` answers from both.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from vlmkit.cli import main as cli_main
 from vlmkit.data.embedded import resolve_data_path
 from vlmkit.data.readers import read_dataset
 from vlmkit.eval.loss import eval_token_loss
@@ -58,6 +60,14 @@ def held_out_loss(model, processor, data: dict) -> float:
     return eval_token_loss(model, dataset, collate, 16, loss_fn=native_sft_loss)
 
 
+def generate(capsys, checkpoint: Path, example: dict) -> str:
+    """`vlmkit generate` on an eval example's image and question; the printed answer."""
+    capsys.readouterr()
+    argv = ["generate", str(checkpoint), "--image", example["media"], "--prompt", example["question"]]
+    assert cli_main([*argv, "--max_new_tokens", "4"]) == 0
+    return capsys.readouterr().out.strip()
+
+
 def front_matter(out: Path) -> dict:
     return yaml.safe_load((out / "README.md").read_text().split("---")[1])
 
@@ -65,7 +75,7 @@ def front_matter(out: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
 def test_lora_adapter_loads_with_plain_peft_and_gives_the_trained_model(
-    recipe, small_digits, family, tmp_path
+    recipe, small_digits, family, tmp_path, capsys
 ):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
@@ -99,6 +109,17 @@ def test_lora_adapter_loads_with_plain_peft_and_gives_the_trained_model(
     reloaded = held_out_loss(model, processor, small_digits)
     assert reloaded == pytest.approx(metrics["eval_loss"], rel=1e-5)
     assert abs(untrained - metrics["eval_loss"]) > 1e-3  # the adapter (and connector) changed the model
+
+    # `vlmkit merge` writes a full checkpoint that plain transformers loads with the same logits;
+    # `vlmkit generate` answers the same from the adapter and from the merged model.
+    merged = tmp_path / "merged"
+    assert cli_main(["merge", str(out), str(merged)]) == 0
+    assert not (merged / "adapter_config.json").exists()
+    plain = AutoModelForImageTextToText.from_pretrained(merged)
+    assert held_out_loss(plain, load_processor(merged), small_digits) == pytest.approx(reloaded, rel=1e-4)
+    first = json.loads((out / "eval_examples.json").read_text())[0]  # the recipe's own held-out answer
+    for checkpoint in (out, merged):
+        assert generate(capsys, checkpoint, first) == first["prediction"]
 
 
 @pytest.mark.slow
@@ -183,7 +204,7 @@ BUDGETS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family,mode", sorted(BUDGETS))
-def test_tiny_native_vlm_learns_the_digits(recipe, digits_data, family, mode, tmp_path):
+def test_tiny_native_vlm_learns_the_digits(recipe, digits_data, family, mode, tmp_path, capsys):
     steps, rank, target = BUDGETS[family, mode]
     lora = ["--use_lora", "true", "--lora_r", str(rank), "--lora_alpha", str(2 * rank), "--lora_dropout", "0",
             "--lora_modules_to_save", "lm_head"] if mode == "lora" else []  # fmt: skip
@@ -200,3 +221,5 @@ def test_tiny_native_vlm_learns_the_digits(recipe, digits_data, family, mode, tm
     assert log[-1]["loss"] < log[0]["loss"] / 4
     examples = json.loads((out / "eval_examples.json").read_text())
     assert metrics["eval_accuracy"] >= target, (metrics, examples[:5])
+    right = next(e for e in examples if e["correct"])
+    assert generate(capsys, out, right) == right["prediction"] and right["prediction"]

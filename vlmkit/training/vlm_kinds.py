@@ -10,6 +10,7 @@ A recipe asks `vlm_kind(cfg)` for the kind its `--model_name_or_path` names and 
     run.save(result.model, processor)            # full model or adapter (+ connector), and processor files
     eval_set = kind.eval_data(cfg, cfg.eval_data_path, processor, skips)
     model = kind.load(out_dir)                   # a saved output, for evaluation or the next stage
+    model, processor = kind_of_path(out_dir).load_checkpoint(out_dir)    # for inference (vlmkit generate)
 
 - Composite (`vlmkit.models.vlm.VLM`): encoder + connector + causal LM, built from parts or loaded from a
   directory with vlmkit_config.json; its `VLMProcessor` tokenizes with vlmkit's own media placeholders.
@@ -72,6 +73,8 @@ class VLMKind(Protocol):
 
     def load(self, path: str) -> nn.Module: ...
 
+    def load_checkpoint(self, path: str) -> tuple[nn.Module, object]: ...
+
 
 def _lora_or_none(cfg):
     """The config itself when it carries the LoRA group (a recipe without it trains full weights)."""
@@ -105,6 +108,9 @@ class CompositeKind:
 
     def load(self, path: str) -> nn.Module:
         return load_vlm(path)[0]
+
+    def load_checkpoint(self, path: str) -> tuple[VLM, object]:
+        return load_vlm(path)
 
 
 class NativeKind:
@@ -183,6 +189,10 @@ class NativeKind:
 
     def load(self, path: str) -> nn.Module:
         return load_native_checkpoint(path)[0]
+
+    def load_checkpoint(self, path: str) -> tuple[nn.Module, NativeEncoder]:
+        model, processor = load_native_checkpoint(path)
+        return model, NativeEncoder(processor, model.config.model_type)
 
 
 COMPOSITE, NATIVE = CompositeKind(), NativeKind()

@@ -94,6 +94,8 @@ class NativeEncoder:
         if min_pixels is not None or max_pixels is not None:
             self._set_pixel_budget(min_pixels, max_pixels)
 
+    modality = "image"  # what media the model reads (as VLMProcessor.modality)
+
     @property
     def tokenizer(self):
         """The processor's tokenizer (what generation decodes with)."""
