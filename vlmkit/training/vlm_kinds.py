@@ -9,6 +9,7 @@ A recipe asks `vlm_kind(cfg)` for the kind its `--model_name_or_path` names and 
     result = train(cfg, acc, model, train_set, collate, kind.loss, lr_overrides=kind.lr_overrides(model, cfg))
     run.save(result.model, processor)            # full model or adapter (+ connector), and processor files
     eval_set = kind.eval_data(cfg, cfg.eval_data_path, processor, skips)
+    pairs, collate = kind.preference_data(cfg, cfg.data_path, processor, skips)   # reward model, DPO
     model = kind.load(out_dir)                   # a saved output, for evaluation or the next stage
     model, processor = kind_of_path(out_dir).load_checkpoint(out_dir)    # for inference (vlmkit generate)
 
@@ -34,18 +35,25 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from vlmkit.data.length_grouping import LengthGroupedSampler
-from vlmkit.data.loading import read_samples, sft_dataset
+from vlmkit.data.loading import read_samples, sft_dataset, subsample
+from vlmkit.data.preference import PreferenceCollator, preference_dataset
 from vlmkit.data.records import SkipCounter
 from vlmkit.models.build import build_vlm, load_vlm, resolve_attn_implementation
 from vlmkit.models.model_paths import resolve_model_path
 from vlmkit.models.native.collate import NativeCollator
 from vlmkit.models.native.encoding import NativeEncoder
-from vlmkit.models.native.loading import is_native_adapter, load_native_checkpoint, load_native_vlm
+from vlmkit.models.native.loading import (
+    image_text_model_types,
+    is_native_adapter,
+    load_native_checkpoint,
+    load_native_vlm,
+)
 from vlmkit.models.vlm import CONFIG_FILE as VLMKIT_CONFIG_FILE
 from vlmkit.models.vlm import VLM
 from vlmkit.training.freeze import set_trainable
 from vlmkit.training.losses import sft_loss
 from vlmkit.training.native_parts import apply_native_lora, native_parts, set_native_trainable
+from vlmkit.training.native_preference import NativePreferenceCollator, NativePreferenceDataset
 from vlmkit.training.native_sft import NativeSFTDataset, native_sft_loss
 from vlmkit.training.train_data import build_train_data
 
@@ -70,6 +78,10 @@ class VLMKind(Protocol):
     ) -> tuple[Dataset, Callable, Sampler | None]: ...
 
     def eval_data(self, cfg, path: str, processor, skips: SkipCounter) -> Dataset: ...
+
+    def preference_data(
+        self, cfg, path: str, processor, skips: SkipCounter, *, limit: int = 0
+    ) -> tuple[Dataset, Callable]: ...
 
     def load(self, path: str) -> nn.Module: ...
 
@@ -106,6 +118,10 @@ class CompositeKind:
     def eval_data(self, cfg, path: str, processor, skips: SkipCounter) -> Dataset:
         return sft_dataset(cfg, path, processor, skips)
 
+    def preference_data(self, cfg, path: str, processor, skips: SkipCounter, *, limit: int = 0):
+        dataset = preference_dataset(cfg, path, processor, skips, limit=limit)
+        return dataset, PreferenceCollator(processor.tokenizer.pad_token_id)
+
     def load(self, path: str) -> nn.Module:
         return load_vlm(path)[0]
 
@@ -119,7 +135,11 @@ class NativeKind:
     name = "native"
     loss = staticmethod(native_sft_loss)
 
-    def build(self, cfg) -> tuple[nn.Module, NativeEncoder]:
+    def build(self, cfg, *, tune_connector: bool | None = None) -> tuple[nn.Module, NativeEncoder]:
+        """Load the checkpoint (LoRA/QLoRA per cfg); `tune_connector` (default: cfg's, else True) decides
+        whether the connector trains in full beside LoRA adapters (saved with them)."""
+        if tune_connector is None:
+            tune_connector = getattr(cfg, "tune_connector", True)
         for field in ("vision_tower", "audio_tower", "language_model", "pretrain_connector"):
             if getattr(cfg, field, None):
                 raise ValueError(
@@ -142,8 +162,7 @@ class NativeKind:
             model = apply_native_lora(
                 model, r=lora.lora_r, alpha=lora.lora_alpha, dropout=lora.lora_dropout,
                 target_modules=lora.lora_target_modules, modules_to_save=lora.lora_modules_to_save,
-                tune_vision_tower=getattr(cfg, "tune_encoder", False),
-                tune_connector=getattr(cfg, "tune_connector", True),
+                tune_vision_tower=getattr(cfg, "tune_encoder", False), tune_connector=tune_connector,
             )  # fmt: skip
         encoder = NativeEncoder(
             processor, model.config.model_type, max_length=getattr(cfg, "max_length", None),
@@ -187,6 +206,14 @@ class NativeKind:
         samples = read_samples(cfg, path, skips)
         return NativeSFTDataset(samples, processor, on_bad_sample=cfg.on_bad_sample, skips=skips)
 
+    def preference_data(
+        self, cfg, path: str, processor: NativeEncoder, skips: SkipCounter, *, limit: int = 0
+    ):
+        fmt = "preference" if cfg.data_format == "auto" else cfg.data_format
+        pairs = subsample(read_samples(cfg, path, skips, format=fmt), limit, cfg.seed)
+        dataset = NativePreferenceDataset(pairs, processor, on_bad_sample=cfg.on_bad_sample, skips=skips)
+        return dataset, NativePreferenceCollator(processor.tokenizer.pad_token_id, processor.model_type)
+
     def load(self, path: str) -> nn.Module:
         return load_native_checkpoint(path)[0]
 
@@ -217,5 +244,11 @@ def vlm_kind(cfg) -> VLMKind:
 
 
 def kind_of_model(model: nn.Module) -> VLMKind:
-    """The kind of a built or loaded model (unwrapped)."""
-    return COMPOSITE if isinstance(model, VLM) else NATIVE
+    """The kind of a built or loaded model (unwrapped; a reward/value wrapper is judged by its `vlm`).
+
+    Native only for a transformers model (or PeftModel) whose config is an image-text model type."""
+    inner = getattr(model, "vlm", model)
+    if isinstance(inner, VLM):
+        return COMPOSITE
+    model_type = getattr(getattr(inner, "config", None), "model_type", None)
+    return NATIVE if model_type in image_text_model_types() else COMPOSITE
