@@ -21,15 +21,15 @@ import json
 from vlmkit.config.parser import parse_config
 from vlmkit.config.rlhf import DPOConfig
 from vlmkit.data.loading import read_samples, subsample
-from vlmkit.data.preference import PreferenceCollator, count_pairs, preference_dataset
+from vlmkit.data.preference import count_pairs
 from vlmkit.data.records import SkipCounter
 from vlmkit.eval.answers import answer_accuracy
 from vlmkit.hub.lifecycle import HUB, vlm_card
-from vlmkit.models.build import load_vlm
 from vlmkit.rlhf.dpo import DPOLoss, build_dpo_policy, evaluate_dpo
 from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.loop import train
 from vlmkit.training.run import Run
+from vlmkit.training.vlm_kinds import vlm_kind
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
         prompts = read_samples(cfg, cfg.eval_prompts_path, skips, format="auto")
         prompts = subsample(prompts, cfg.max_eval_samples, cfg.seed)
 
-    train_set = preference_dataset(cfg, cfg.data_path, processor, skips)
-    collate = PreferenceCollator(processor.tokenizer.pad_token_id)
+    kind = vlm_kind(cfg)  # a vlmkit composite or a native transformers VLM: the same steps below
+    train_set, collate = kind.preference_data(cfg, cfg.data_path, processor, skips)
     loss_fn = DPOLoss(reference, cfg.beta, cfg.label_smoothing, rpo_alpha=cfg.rpo_alpha)
     result = train(cfg, run.accelerator, model, train_set, collate, loss_fn, count_items=count_pairs)
     run.save(result.model, processor)
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     def evaluate(trained) -> dict:
         scores = {}
         if cfg.eval_data_path:
-            eval_set = preference_dataset(
+            eval_set, _ = kind.preference_data(
                 cfg, cfg.eval_data_path, processor, skips, limit=cfg.max_eval_samples
             )
             pairs = evaluate_dpo(
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
     metrics.update(parameter_layout(run.accelerator, result.model))  # world size, parameters per rank
     if cfg.eval_data_path or prompts:
-        metrics.update(run.evaluate(evaluate, result.model, load=lambda path: load_vlm(path)[0]))
+        metrics.update(run.evaluate(evaluate, result.model, load=kind.load))
     card = vlm_card(cfg, run.unwrap(result.model), stage="DPO (preference optimisation)")
     return run.finish(metrics, card=card, skips=skips)
 
