@@ -143,12 +143,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from vlmkit.data.loading import subsample
     from vlmkit.data.readers import read_dataset
     from vlmkit.eval.answers import answer_accuracy
-    from vlmkit.models.build import load_vlm
+    from vlmkit.training.vlm_kinds import kind_of_path
 
     path = resolve_data_path(args.data_path)
     samples = read_dataset(path, args.image_folder, format=args.data_format, audio_folder=args.audio_folder)
     samples = subsample(samples, args.max_eval_samples, args.seed)
-    model, processor = load_vlm(args.checkpoint)
+    model, processor = kind_of_path(args.checkpoint).load_checkpoint(args.checkpoint)
     accuracy, _ = answer_accuracy(
         model, processor, samples, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens or 8
     )

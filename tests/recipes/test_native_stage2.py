@@ -120,6 +120,10 @@ def test_lora_adapter_loads_with_plain_peft_and_gives_the_trained_model(
     first = json.loads((out / "eval_examples.json").read_text())[0]  # the recipe's own held-out answer
     for checkpoint in (out, merged):
         assert generate(capsys, checkpoint, first) == first["prediction"]
+    # `vlmkit eval` on the adapter measures the recipe's held-out accuracy again
+    argv = ["eval", str(out), "--data_path", small_digits["eval"], "--image_folder", small_digits["images"]]
+    assert cli_main([*argv, "--max_new_tokens", "4", "--output_file", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["eval_accuracy"] == metrics["eval_accuracy"]
 
 
 @pytest.mark.slow

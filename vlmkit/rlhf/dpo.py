@@ -20,13 +20,10 @@ from torch.utils.data import DataLoader
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from vlmkit.data.tokenize import IGNORE_INDEX
-from vlmkit.models.build import build_vlm
 from vlmkit.models.model_paths import resolve_model_path
 from vlmkit.models.vlm import VLM
 from vlmkit.rlhf.ppo_math import logprobs_from_logits
-from vlmkit.training.freeze import set_trainable
-from vlmkit.training.native_parts import set_native_trainable
-from vlmkit.training.vlm_kinds import NATIVE, vlm_kind
+from vlmkit.training.vlm_kinds import vlm_kind
 
 
 # ---- pure functions ---------------------------------------------------------------------------------
@@ -167,13 +164,9 @@ def build_dpo_policy(cfg) -> tuple[nn.Module, object, ReferencePolicy]:
             "DPO under DeepSpeed ZeRO-3 needs --use_lora true: the reference is then the same sharded weights "
             "with the adapters off (a frozen full copy of a partitioned model cannot run on its own)"
         )
-    kind = vlm_kind(cfg)
-    if kind is NATIVE:  # the connector is frozen under LoRA (not saved with the adapter), as below
-        model, processor = NATIVE.build(cfg, tune_connector=not cfg.use_lora)
-        set_native_trainable(model, tune_vision_tower=cfg.tune_encoder, tune_connector=not cfg.use_lora)
-    else:
-        model, processor = build_vlm(cfg, cfg)
-        set_trainable(model, "instruct", tune_encoder=cfg.tune_encoder, tune_connector=not cfg.use_lora)
+    kind = vlm_kind(cfg)  # the connector is frozen under LoRA: switching the adapters off gives the start
+    model, processor = kind.build(cfg, tune_connector=not cfg.use_lora)
+    kind.set_trainable(model, cfg, "instruct", tune_connector=not cfg.use_lora)
     return model, processor, ReferencePolicy(model, adapters_off=cfg.use_lora)
 
 

@@ -24,9 +24,7 @@ from vlmkit.models.native.loading import load_processor
 from vlmkit.models.processor import VLMProcessor
 from vlmkit.models.vlm import VLM
 from vlmkit.rlhf.native_reward import NativeRewardModel
-from vlmkit.training.freeze import count_parameters, set_trainable
-from vlmkit.training.native_parts import set_native_trainable
-from vlmkit.training.vlm_kinds import NATIVE, kind_of_path, vlm_kind
+from vlmkit.training.vlm_kinds import NATIVE, kind_of_model, kind_of_path, vlm_kind
 
 HEAD_FILE = "score_head.safetensors"
 REWARD_CONFIG_FILE = "reward_model.json"
@@ -195,11 +193,7 @@ def build_reward_model(model_args, lora_args=None) -> tuple[nn.Module, object]:
 def set_reward_trainable(model: nn.Module, cfg) -> tuple[int, int]:
     """The backbone's parts for a reward run (connector frozen under LoRA; encoder with --tune_encoder) and
     the head; logs the counts."""
-    if isinstance(model, NativeRewardModel):
-        set_native_trainable(model.vlm, tune_vision_tower=cfg.tune_encoder, tune_connector=not cfg.use_lora)
-        model.score_head.requires_grad_(True)
-        return count_parameters(model)
-    return set_trainable(model, "reward", tune_encoder=cfg.tune_encoder, tune_connector=not cfg.use_lora)
+    return kind_of_model(model).set_trainable(model, cfg, "reward", tune_connector=not cfg.use_lora)
 
 
 # ---- losses and metrics (pure functions) ------------------------------------------------------------

@@ -50,7 +50,7 @@ from vlmkit.models.native.loading import (
 )
 from vlmkit.models.vlm import CONFIG_FILE as VLMKIT_CONFIG_FILE
 from vlmkit.models.vlm import VLM
-from vlmkit.training.freeze import set_trainable
+from vlmkit.training.freeze import count_parameters, set_trainable
 from vlmkit.training.losses import sft_loss
 from vlmkit.training.native_parts import apply_native_lora, native_parts, set_native_trainable
 from vlmkit.training.native_preference import NativePreferenceCollator, NativePreferenceDataset
@@ -67,9 +67,11 @@ class VLMKind(Protocol):
     # loss(model, batch) -> (summed loss over supervised tokens, extra logs)
     loss: Callable
 
-    def build(self, cfg) -> tuple[nn.Module, object]: ...
+    def build(self, cfg, *, tune_connector: bool | None = None) -> tuple[nn.Module, object]: ...
 
-    def set_trainable(self, model: nn.Module, cfg, stage: str = "instruct") -> tuple[int, int]: ...
+    def set_trainable(
+        self, model: nn.Module, cfg, stage: str = "instruct", *, tune_connector: bool | None = None
+    ) -> tuple[int, int]: ...
 
     def lr_overrides(self, model: nn.Module, cfg) -> dict[str, float] | None: ...
 
@@ -93,19 +95,28 @@ def _lora_or_none(cfg):
     return cfg if hasattr(cfg, "use_lora") else None
 
 
+def _tune_connector(cfg, tune_connector: bool | None) -> bool:
+    """What the caller asked, else the config's --tune_connector, else True."""
+    return getattr(cfg, "tune_connector", True) if tune_connector is None else tune_connector
+
+
 class CompositeKind:
     """vlmkit's own encoder + connector + causal LM (`vlmkit.models.vlm.VLM`)."""
 
     name = "composite"
     loss = staticmethod(sft_loss)
 
-    def build(self, cfg) -> tuple[VLM, object]:
+    def build(self, cfg, *, tune_connector: bool | None = None) -> tuple[VLM, object]:
+        """Build or load the VLM (LoRA/QLoRA per cfg); what trains is `set_trainable`'s business."""
         return build_vlm(cfg, _lora_or_none(cfg))
 
-    def set_trainable(self, model: nn.Module, cfg, stage: str = "instruct") -> tuple[int, int]:
+    def set_trainable(
+        self, model: nn.Module, cfg, stage: str = "instruct", *, tune_connector: bool | None = None
+    ) -> tuple[int, int]:
+        """`vlmkit.training.freeze.set_trainable` (a RewardModel wrapper too: its head trains in "reward")."""
         return set_trainable(
             model, stage, tune_encoder=getattr(cfg, "tune_encoder", False),
-            tune_connector=getattr(cfg, "tune_connector", True),
+            tune_connector=_tune_connector(cfg, tune_connector),
         )  # fmt: skip
 
     def lr_overrides(self, model: nn.Module, cfg) -> dict[str, float] | None:
@@ -138,8 +149,7 @@ class NativeKind:
     def build(self, cfg, *, tune_connector: bool | None = None) -> tuple[nn.Module, NativeEncoder]:
         """Load the checkpoint (LoRA/QLoRA per cfg); `tune_connector` (default: cfg's, else True) decides
         whether the connector trains in full beside LoRA adapters (saved with them)."""
-        if tune_connector is None:
-            tune_connector = getattr(cfg, "tune_connector", True)
+        tune_connector = _tune_connector(cfg, tune_connector)
         for field in ("vision_tower", "audio_tower", "language_model", "pretrain_connector"):
             if getattr(cfg, field, None):
                 raise ValueError(
@@ -170,13 +180,20 @@ class NativeKind:
         )  # fmt: skip
         return model, encoder
 
-    def set_trainable(self, model: nn.Module, cfg, stage: str = "instruct") -> tuple[int, int]:
+    def set_trainable(
+        self, model: nn.Module, cfg, stage: str = "instruct", *, tune_connector: bool | None = None
+    ) -> tuple[int, int]:
+        """`set_native_trainable` on the VLM (a reward wrapper's `vlm`; its `score_head` trains in "reward")."""
         if stage not in ("instruct", "reward"):
             raise ValueError(f"native VLMs train in stage instruct or reward, not '{stage}'")
-        return set_native_trainable(
-            model, tune_vision_tower=getattr(cfg, "tune_encoder", False),
-            tune_connector=getattr(cfg, "tune_connector", True),
+        counts = set_native_trainable(
+            getattr(model, "vlm", model), tune_vision_tower=getattr(cfg, "tune_encoder", False),
+            tune_connector=_tune_connector(cfg, tune_connector),
         )  # fmt: skip
+        if stage == "reward" and hasattr(model, "score_head"):
+            model.score_head.requires_grad_(True)
+            counts = count_parameters(model)
+        return counts
 
     def lr_overrides(self, model: nn.Module, cfg) -> dict[str, float] | None:
         lr = getattr(cfg, "connector_learning_rate", None)
