@@ -227,3 +227,24 @@ def test_tiny_native_vlm_learns_the_digits(recipe, digits_data, family, mode, tm
     assert metrics["eval_accuracy"] >= target, (metrics, examples[:5])
     right = next(e for e in examples if e["correct"])
     assert generate(capsys, out, right) == right["prediction"] and right["prediction"]
+
+
+@pytest.mark.slow
+def test_pixel_budget_reaches_the_saved_qwen2_vl_processor(recipe, small_digits, tmp_path):
+    """--min_pixels/--max_pixels resize images in training and are saved with the processor."""
+    out = tmp_path / "budget"
+    run_stage2(recipe, small_digits, "qwen2_vl", out, "--max_steps", "1", "--eval_data_path", "none",
+               "--min_pixels", "4096", "--max_pixels", "4096")  # fmt: skip
+    images = load_processor(out).image_processor
+    assert (images.size["shortest_edge"], images.size["longest_edge"]) == (4096, 4096)
+
+
+@pytest.mark.parametrize(
+    "model", [["--model_name_or_path", "vlmkit-tiny/native-llava"],
+              ["--vision_tower", "vlmkit-tiny/clip-vision", "--language_model", "vlmkit-tiny/llama"]],
+)  # fmt: skip
+def test_pixel_budget_is_refused_where_resolution_is_fixed(recipe, small_digits, model, tmp_path):
+    argv = [*model, "--data_path", small_digits["train"], "--image_folder", small_digits["images"],
+            "--output_dir", str(tmp_path / "o"), "--report_to", "none", "--max_pixels", "4096"]  # fmt: skip
+    with pytest.raises(ValueError, match="max_pixels"):
+        recipe("llava_stage2").main(argv)

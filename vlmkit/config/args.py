@@ -160,6 +160,16 @@ class TokenizeArgs:
         "A sample that would need cutting through media tokens: 'error' or 'drop'.",
         choices=TRUNCATION,
     )
+    min_pixels: int | None = _f(
+        None,
+        "Qwen2-VL-style native models (dynamic resolution): an image holds at least this many pixels.",
+        ge=1,
+    )
+    max_pixels: int | None = _f(
+        None,
+        "Qwen2-VL-style native models: an image holds at most this many pixels (fewer image tokens).",
+        ge=1,
+    )
 
 
 @dataclass

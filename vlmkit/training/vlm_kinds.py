@@ -176,7 +176,8 @@ class NativeKind:
             )  # fmt: skip
         encoder = NativeEncoder(
             processor, model.config.model_type, max_length=getattr(cfg, "max_length", None),
-            truncation=getattr(cfg, "truncation", "error"),
+            truncation=getattr(cfg, "truncation", "error"), min_pixels=getattr(cfg, "min_pixels", None),
+            max_pixels=getattr(cfg, "max_pixels", None),
         )  # fmt: skip
         return model, encoder
 
