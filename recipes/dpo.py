@@ -27,16 +27,16 @@ import json
 from vlmkit.config.parser import parse_config
 from vlmkit.config.rlhf import DPOConfig
 from vlmkit.data.loading import read_samples, subsample
-from vlmkit.data.preference import PreferenceCollator, count_pairs, preference_dataset
+from vlmkit.data.preference import count_pairs
 from vlmkit.data.records import SkipCounter
 from vlmkit.eval.answers import answer_accuracy
 from vlmkit.hub.lifecycle import HUB, vlm_card
-from vlmkit.models.build import load_vlm
 from vlmkit.rlhf.dpo import DPOLoss, build_dpo_policy, evaluate_dpo
 from vlmkit.rlhf.sft_baseline import check_sft_baseline, paired_comparison, train_sft_on_chosen
 from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.loop import train
 from vlmkit.training.run import Run
+from vlmkit.training.vlm_kinds import vlm_kind
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
         prompts = read_samples(cfg, cfg.eval_prompts_path, skips, format="auto")
         prompts = subsample(prompts, cfg.max_eval_samples, cfg.seed)
 
-    train_set = preference_dataset(cfg, cfg.data_path, processor, skips)
-    collate = PreferenceCollator(processor.tokenizer.pad_token_id)
+    kind = vlm_kind(cfg)  # a vlmkit composite or a native transformers VLM: the same steps below
+    train_set, collate = kind.preference_data(cfg, cfg.data_path, processor, skips)
     loss_fn = DPOLoss(reference, cfg.beta, cfg.label_smoothing, rpo_alpha=cfg.rpo_alpha)
     result = train(cfg, run.accelerator, model, train_set, collate, loss_fn, count_items=count_pairs)
     run.save(result.model, processor)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     def evaluate(trained, name: str = "dpo") -> dict:
         scores = {}
         if cfg.eval_data_path:
-            eval_set = preference_dataset(
+            eval_set, _ = kind.preference_data(
                 cfg, cfg.eval_data_path, processor, skips, limit=cfg.max_eval_samples
             )
             pairs = evaluate_dpo(
@@ -77,9 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
             )  # fmt: skip
             scores.update({f"eval_{k}": v for k, v in pairs.items()})
         if prompts:
-            if (
-                name == "dpo"
-            ):  # the starting policy: the trained one with its adapters off, or the frozen copy
+            if name == "dpo":  # the start: the trained policy with its adapters off, or the frozen copy
                 with reference.as_model(trained) as start:
                     scores["eval_accuracy_before"] = accuracy(start)[0]
             scores["eval_accuracy"], examples = accuracy(trained)
@@ -90,9 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     metrics = {"train_loss": result.history[-1]["loss"], "global_step": result.global_step}
     metrics.update(parameter_layout(run.accelerator, result.model))  # world size, parameters per rank
-    load = lambda path: load_vlm(path)[0]  # noqa: E731
     if cfg.eval_data_path or prompts:
-        metrics.update(run.evaluate(evaluate, result.model, load=load))
+        metrics.update(run.evaluate(evaluate, result.model, load=kind.load))
     if cfg.sft_baseline:  # the same start, pairs and updates, trained on the chosen answers
         baseline = train_sft_on_chosen(cfg, run.accelerator, train_set, collate)
         scores = run.evaluate(lambda trained: evaluate(trained, "sft_baseline"), baseline.model)

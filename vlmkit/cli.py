@@ -2,13 +2,14 @@
 
     vlmkit generate CHECKPOINT --image digit.png --prompt "What digit is this?"
     vlmkit generate CHECKPOINT --audio clip.wav --prompt "Which digit is spoken?"
-    vlmkit merge ADAPTER_DIR OUT_DIR           # LoRA adapter -> full vlmkit checkpoint
+    vlmkit merge ADAPTER_DIR OUT_DIR           # LoRA adapter -> full vlmkit (or transformers) checkpoint
     vlmkit export CHECKPOINT OUT_DIR           # -> transformers LlavaForConditionalGeneration + processor
     vlmkit eval CHECKPOINT --data_path eval.json [--image_folder DIR]
     vlmkit eval CHECKPOINT --tasks mmbench,pope --data_dir benchmarks/ [--output_dir DIR]   # see README
     vlmkit pipeline --config recipes/configs/pipeline_digits.yaml   # the whole chain, stage 0 to PPO
 
-CHECKPOINT is any vlmkit output directory: a full model or a LoRA adapter. Each subcommand is a pair of
+CHECKPOINT is any vlmkit output directory: a full model or a LoRA adapter, of a vlmkit composite model or of a
+native transformers VLM (generate and merge take native checkpoints too). Each subcommand is a pair of
 functions in `SUBCOMMANDS` (name -> (add_arguments, run)); adding one is adding an entry.
 """
 
@@ -29,7 +30,9 @@ Run = Callable[[argparse.Namespace], int]
 
 # ---- generate -------------------------------------------------------------------------------------------
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="A vlmkit checkpoint directory (full model or LoRA adapter).")
+    p.add_argument(
+        "checkpoint", help="A vlmkit checkpoint or transformers VLM directory (full model or LoRA adapter)."
+    )
     media = p.add_mutually_exclusive_group(required=True)
     media.add_argument("--image", help="Image file for an image model.")
     media.add_argument("--audio", help="Audio file for an audio model.")
@@ -43,10 +46,10 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     """Answer a prompt about an image or audio clip (prints the answer)."""
     from vlmkit.eval.answers import generate_answers
-    from vlmkit.models.build import load_vlm
+    from vlmkit.training.vlm_kinds import kind_of_path
 
-    model, processor = load_vlm(args.checkpoint)
-    modality = processor.spec.modality
+    model, processor = kind_of_path(args.checkpoint).load_checkpoint(args.checkpoint)
+    modality = processor.modality
     given = "image" if args.image else "audio"
     if given != modality:
         raise ValueError(f"{args.checkpoint} is an {modality} model; pass --{modality}, not --{given}")
@@ -69,7 +72,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
 # ---- merge / export -------------------------------------------------------------------------------------
 def add_merge_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("adapter_dir", help="A vlmkit checkpoint whose language_model/ is a LoRA adapter.")
+    p.add_argument(
+        "adapter_dir",
+        help="A vlmkit checkpoint whose language_model/ is a LoRA adapter, or a native VLM's adapter directory.",
+    )
     p.add_argument("out_dir", help="Where to write the merged, self-contained checkpoint.")
 
 
@@ -137,12 +143,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from vlmkit.data.loading import subsample
     from vlmkit.data.readers import read_dataset
     from vlmkit.eval.answers import answer_accuracy
-    from vlmkit.models.build import load_vlm
+    from vlmkit.training.vlm_kinds import kind_of_path
 
     path = resolve_data_path(args.data_path)
     samples = read_dataset(path, args.image_folder, format=args.data_format, audio_folder=args.audio_folder)
     samples = subsample(samples, args.max_eval_samples, args.seed)
-    model, processor = load_vlm(args.checkpoint)
+    model, processor = kind_of_path(args.checkpoint).load_checkpoint(args.checkpoint)
     accuracy, _ = answer_accuracy(
         model, processor, samples, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens or 8
     )

@@ -77,7 +77,7 @@ def test_every_flag_named_in_the_source_exists():
 
 def test_the_check_finds_a_made_up_flag(tmp_path):
     fake = tmp_path / "m.py"
-    fake.write_text('raise ValueError("bad path; set --allow_outside_root true, or raise max_pixels")\n')
+    fake.write_text('raise ValueError("bad path; set --allow_outside_root true, or raise max_widgets")\n')
     found = [flag for _, text in _strings(fake) for flag in FLAG.findall(text) + WORD_HINT.findall(text)]
-    assert found == ["allow_outside_root", "max_pixels"]
+    assert found == ["allow_outside_root", "max_widgets"]
     assert not set(found) & _known_flags()

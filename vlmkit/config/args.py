@@ -82,9 +82,16 @@ class OptimArgs:
 class ModelArgs:
     """Which encoder, connector and language model make the VLM, and how it runs."""
 
-    ALIASES = {"mm_projector_type": "connector", "pretrain_mm_mlp_adapter": "pretrain_connector"}
+    ALIASES = {
+        "mm_projector_type": "connector", "pretrain_mm_mlp_adapter": "pretrain_connector",
+        "tune_vision_tower": "tune_encoder",
+    }  # fmt: skip
 
-    model_name_or_path: str | None = _f(None, "A vlmkit checkpoint to start from (e.g. a stage-1 output).")
+    model_name_or_path: str | None = _f(
+        None,
+        "A vlmkit checkpoint to start from (e.g. a stage-1 output), or a transformers image-text model "
+        "(Qwen2-VL, LLaVA-hf, SmolVLM, Gemma 3...: directory, Hub name or vlmkit-tiny/native-<family>).",
+    )
     vision_tower: str | None = _f(None, "Vision encoder: a from_pretrained path/name or vlmkit-tiny/<name>.")
     audio_tower: str | None = _f(
         None, "Audio encoder (wav2vec2): a from_pretrained path/name or vlmkit-tiny/<name>."
@@ -111,7 +118,11 @@ class ModelArgs:
     )
 
 
-TUNE_ENCODER_HELP = "Also train the encoder."
+TUNE_ENCODER_HELP = "Also train the encoder (vision tower); alias --tune_vision_tower."
+TUNE_CONNECTOR_HELP = (
+    "Train the connector (LLaVA's multi_modal_projector, Qwen2-VL's merger) in full, "
+    "also beside LoRA adapters."
+)
 
 
 @dataclass
@@ -149,6 +160,16 @@ class TokenizeArgs:
         "A sample that would need cutting through media tokens: 'error' or 'drop'.",
         choices=TRUNCATION,
     )
+    min_pixels: int | None = _f(
+        None,
+        "Qwen2-VL-style native models (dynamic resolution): an image holds at least this many pixels.",
+        ge=1,
+    )
+    max_pixels: int | None = _f(
+        None,
+        "Qwen2-VL-style native models: an image holds at most this many pixels (fewer image tokens).",
+        ge=1,
+    )
 
 
 @dataclass
@@ -184,7 +205,9 @@ class LoraArgs:
     lora_r: int = _f(16, "LoRA rank.", ge=1)
     lora_alpha: int = _f(32, "LoRA scaling numerator (scale = alpha / r).", gt=0)
     lora_dropout: float = _f(0.05, "Dropout on the LoRA input.", ge=0, lt=1)
-    lora_target_modules: list[str] = _f(["all-linear"], "Module names to adapt, or all-linear.")
+    lora_target_modules: list[str] = _f(
+        ["all-linear"], "Linear layers of the language model to adapt (e.g. q_proj v_proj), or all-linear."
+    )
     lora_modules_to_save: list[str] = _f(
         [], "LLM modules trained in full and saved with the adapter (e.g. lm_head, embed_tokens)."
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vlmkit.config.args import (
+    TUNE_CONNECTOR_HELP,
     TUNE_ENCODER_HELP,
     DataArgs,
     EpochArgs,
@@ -37,6 +38,7 @@ class Stage2Config(
     """Stage 2 (instruct): connector + LLM (full or LoRA/QLoRA) on conversations."""
 
     tune_encoder: bool = _f(False, TUNE_ENCODER_HELP)
+    tune_connector: bool = _f(True, TUNE_CONNECTOR_HELP)
     connector_learning_rate: float | None = _f(
         None, "Separate learning rate for the connector (default: same).", ge=0
     )

@@ -11,6 +11,7 @@ import torch
 
 from vlmkit.data.prompts import left_padded_batch, prepare_prompts
 from vlmkit.data.records import Sample
+from vlmkit.models.native.encoding import NativeEncoder
 
 NUMBER_WORDS = {
     w: str(i)
@@ -46,7 +47,17 @@ def generate_answers(
     temperature: float = 1.0,
     top_p: float = 1.0,
 ) -> list[tuple[str, str | None]]:
-    """(generated answer, reference) for each sample; the model is put in eval mode."""
+    """(generated answer, reference) for each sample; the model is put in eval mode.
+
+    `processor` is a composite model's `VLMProcessor` or a native model's `NativeEncoder`.
+    """
+    if isinstance(processor, NativeEncoder):
+        from vlmkit.eval.native_answers import native_generate_answers
+
+        return native_generate_answers(
+            model, processor, samples, batch_size=batch_size, max_new_tokens=max_new_tokens,
+            do_sample=do_sample, temperature=temperature, top_p=top_p,
+        )  # fmt: skip
     model.eval()
     tok = processor.tokenizer
     device = next(model.parameters()).device

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.utils.data import DataLoader
 
@@ -10,8 +12,10 @@ from vlmkit.training.losses import sft_loss
 
 
 @torch.no_grad()
-def eval_token_loss(model, dataset, collate_fn, batch_size: int = 32) -> float:
-    """Mean next-token cross-entropy over the supervised tokens of `dataset`."""
+def eval_token_loss(model, dataset, collate_fn, batch_size: int = 32, loss_fn: Callable = sft_loss) -> float:
+    """Mean next-token cross-entropy over the supervised tokens of `dataset`.
+
+    `loss_fn(model, batch)` is the summed loss of the model's kind (`VLMKind.loss`; default: composite)."""
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
@@ -19,7 +23,7 @@ def eval_token_loss(model, dataset, collate_fn, batch_size: int = 32) -> float:
         if batch.get("empty"):
             continue
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        loss_sum, _ = sft_loss(model, batch)
+        loss_sum, _ = loss_fn(model, batch)
         total += float(loss_sum)
         count += count_supervised_tokens(batch)
     model.train()

@@ -113,8 +113,48 @@ def write_vlm_card(out_dir: Path, cfg, model, metrics: dict, *, stage: str, usag
     )
 
 
+NATIVE_USAGE = """from transformers import AutoModelForImageTextToText, AutoProcessor
+
+model = AutoModelForImageTextToText.from_pretrained("{path}")
+processor = AutoProcessor.from_pretrained("{path}")"""
+NATIVE_ADAPTER_USAGE = """from peft import PeftModel
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+base = AutoModelForImageTextToText.from_pretrained("{base}")
+model = PeftModel.from_pretrained(base, "{path}")  # the LoRA adapter and the connector trained in full
+processor = AutoProcessor.from_pretrained("{path}")"""
+
+
+def write_native_card(out_dir: Path, cfg, model, metrics: dict, *, stage: str) -> Path:
+    """Model card for a native transformers VLM (full model or LoRA adapter on `cfg.model_name_or_path`):
+    `base_model`, `library_name` (peft for adapters), `pipeline_tag: image-text-to-text`, data, metrics."""
+    from vlmkit.training.native_parts import native_parts
+
+    is_adapter = hasattr(model, "peft_config")
+    base = model.get_base_model() if is_adapter else model
+    name = cfg.hub_model_id or Path(out_dir).name
+    path = cfg.hub_model_id or out_dir
+    usage = (NATIVE_ADAPTER_USAGE if is_adapter else NATIVE_USAGE).format(
+        base=cfg.model_name_or_path, path=path
+    )
+    return write_model_card(
+        out_dir, title=f"{name} ({stage})", base_encoder=f"{base.config.model_type} vision tower",
+        base_language_model=cfg.model_name_or_path, connector=native_parts(base).connector, stage=stage,
+        parent_checkpoint=cfg.model_name_or_path, data=data_summary(cfg), metrics=metrics,
+        lineage=[{"stage": stage, "model_name_or_path": cfg.model_name_or_path,
+                  "output_dir": str(Path(out_dir).resolve())}],
+        usage=usage, tags=(*DEFAULT_TAGS, base.config.model_type), is_adapter=is_adapter,
+        pipeline_tag="image-text-to-text", library_name=None if is_adapter else "transformers",
+    )  # fmt: skip
+
+
 def vlm_card(cfg, model, *, stage: str, usage: str | None = None) -> Callable[[Path, dict], Path]:
-    """The `card` of a VLM run for `Run.finish`: `write_vlm_card` with the final metrics."""
+    """The `card` of a VLM run for `Run.finish`: `write_vlm_card` (composite) or `write_native_card` with the
+    final metrics."""
+    from vlmkit.training.vlm_kinds import NATIVE, kind_of_model
+
+    if kind_of_model(model) is NATIVE:
+        return lambda out_dir, metrics: write_native_card(out_dir, cfg, model, metrics, stage=stage)
     return lambda out_dir, metrics: write_vlm_card(out_dir, cfg, model, metrics, stage=stage, usage=usage)
 
 

@@ -64,9 +64,10 @@ def _front_matter(
     base_models: list[str],
     is_adapter: bool,
     pipeline_tag: str | None,
+    library_name: str | None = None,
 ) -> str:
     meta: dict[str, object] = {
-        "library_name": "peft" if is_adapter else "vlmkit",
+        "library_name": library_name or ("peft" if is_adapter else "vlmkit"),
         "license": license,
         "tags": list(dict.fromkeys([*tags, stage] + (["lora"] if is_adapter else []))),
     }
@@ -127,11 +128,13 @@ def render_model_card(
     is_adapter: bool = False,
     pipeline_tag: str | None = None,
     limitations: str = DEFAULT_LIMITATIONS,
+    library_name: str | None = None,
 ) -> str:
     """Return a README.md model card: YAML front matter, then description, data, lineage, metrics, usage, limits.
 
     `data` should carry a `fingerprint` key; `lineage` is the stage chain oldest first, each a dict with `stage`
-    and `checkpoint` (other keys are listed); `usage` is a Python snippet; `is_adapter` sets `library_name: peft`.
+    and `checkpoint` (other keys are listed); `usage` is a Python snippet; `is_adapter` sets `library_name: peft`
+    (else `library_name`, default vlmkit).
     """
     # A PEFT adapter applies to the language model only; a full model derives from both bases.
     base_models = _hub_ids(base_language_model) if is_adapter else _hub_ids(base_language_model, base_encoder)
@@ -143,6 +146,7 @@ def render_model_card(
             base_models=base_models,
             is_adapter=is_adapter,
             pipeline_tag=pipeline_tag,
+            library_name=library_name,
         ),
         f"# {title}\n",
         "## Model description\n",

@@ -91,6 +91,12 @@ def apply_lora(model: VLM, lora) -> VLM:
 
 def build_vlm(args, lora=None, *, is_trainable: bool = True) -> tuple[VLM, VLMProcessor]:
     """Build from `model_name_or_path` (a vlmkit checkpoint) or from encoder + LLM (+ stage-1 connector)."""
+    for field in ("min_pixels", "max_pixels"):
+        if getattr(args, field, None) is not None:
+            raise ValueError(
+                f"--{field} sets the dynamic resolution of Qwen2-VL-style native models; a vlmkit composite "
+                "model's encoder has a fixed input size: drop it"
+            )
     attn = resolve_attn_implementation(args.attn_implementation)
     trust = getattr(args, "trust_remote_code", False)
     load_in_4bit = bool(lora and lora.load_in_4bit)

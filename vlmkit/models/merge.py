@@ -1,4 +1,8 @@
-"""Merge a LoRA adapter into its base LLM and write a full, self-contained vlmkit checkpoint.
+"""Merge a LoRA adapter into its base LLM and write a full, self-contained checkpoint.
+
+A vlmkit adapter becomes a full vlmkit checkpoint; a native transformers VLM's adapter directory (adapter +
+connector trained in full + processor files) becomes a full transformers checkpoint that
+`AutoModelForImageTextToText.from_pretrained` loads with no peft and no vlmkit.
 
 The base LLM is loaded in its saved precision (never 4-bit, even for a QLoRA adapter), so the merged weights
 are `W + scale * B @ A` exactly; the encoder is copied into the output so nothing is referenced by path.
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlmkit.models.native.loading import is_native_adapter, load_native_checkpoint, save_processor
 from vlmkit.models.vlm import VLM
 
 
@@ -23,6 +28,8 @@ def merge_checkpoint(adapter_dir: str | Path, out_dir: str | Path) -> Path:
     from vlmkit.models.build import load_vlm
 
     adapter_dir = Path(adapter_dir)
+    if is_native_adapter(adapter_dir):
+        return merge_native_checkpoint(adapter_dir, out_dir)
     if not (adapter_dir / "language_model" / "adapter_config.json").is_file():
         raise ValueError(
             f"{adapter_dir} holds no LoRA adapter (language_model/adapter_config.json is missing): nothing to "
@@ -34,4 +41,14 @@ def merge_checkpoint(adapter_dir: str | Path, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     model.save_pretrained(out, save_encoder=True)
     processor.save_pretrained(out)
+    return out
+
+
+def merge_native_checkpoint(adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Fold a native VLM's LoRA adapter (and its fully trained modules) into the base; save model + processor."""
+    model, processor = load_native_checkpoint(adapter_dir)
+    merged = model.merge_and_unload()
+    out = Path(out_dir)
+    merged.save_pretrained(out)
+    save_processor(processor, out)
     return out

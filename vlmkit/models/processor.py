@@ -52,6 +52,11 @@ class VLMProcessor:
             )
 
     @property
+    def modality(self) -> str:
+        """image or audio: what media the model reads."""
+        return self.spec.modality
+
+    @property
     def media_token(self) -> str:
         return IMAGE_TOKEN if self.spec.modality == "image" else AUDIO_TOKEN
 

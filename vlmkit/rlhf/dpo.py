@@ -1,4 +1,5 @@
-"""Direct Preference Optimisation for vlmkit VLMs: the loss as pure functions, the frozen reference, metrics.
+"""Direct Preference Optimisation for VLMs (vlmkit composite or native transformers): the loss as pure
+functions, the frozen reference, metrics.
 
 The reference is the starting policy, frozen: with LoRA, the same model with its adapters switched off
 (no second copy; the connector stays frozen so that "adapters off" really is the start); without LoRA,
@@ -19,12 +20,10 @@ from torch.utils.data import DataLoader
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from vlmkit.data.tokenize import IGNORE_INDEX
-from vlmkit.models.build import build_vlm
 from vlmkit.models.model_paths import resolve_model_path
-from vlmkit.models.processor import VLMProcessor
 from vlmkit.models.vlm import VLM
 from vlmkit.rlhf.ppo_math import logprobs_from_logits
-from vlmkit.training.freeze import set_trainable
+from vlmkit.training.vlm_kinds import vlm_kind
 
 
 # ---- pure functions ---------------------------------------------------------------------------------
@@ -88,21 +87,32 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def batch_logps(model: nn.Module, batch: dict) -> torch.Tensor:
-    """Summed answer log-probs (2B,) of every row of a PreferenceCollator batch under `model`."""
-    out = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], media=batch.get("media")
-    )
+    """Summed answer log-probs (2B,) of every row of a preference batch under `model` (composite: ids,
+    mask and media; native: the processor's keys too)."""
+    out = model(**{k: v for k, v in batch.items() if k not in ("labels", "num_pairs")})
     return sequence_logps(out.logits, batch["labels"])
+
+
+def _has_adapters(model: nn.Module) -> bool:
+    """LoRA adapters on a composite VLM's LLM, or a native VLM wrapped as a PeftModel."""
+    return hasattr(model, "peft_config") or bool(getattr(model, "is_peft", False))
+
+
+def adapters_disabled(model: nn.Module):
+    """Context manager running `model` with its LoRA adapters (and fully trained peft modules) switched off."""
+    if hasattr(model, "peft_config"):  # a native VLM as a PeftModel
+        return model.disable_adapter()
+    return model.language_model.disable_adapter()
 
 
 class ReferencePolicy:
     """Sequence log-probs (2B,) of the frozen starting policy for a PreferenceCollator batch."""
 
-    def __init__(self, policy: VLM, *, adapters_off: bool):
+    def __init__(self, policy: nn.Module, *, adapters_off: bool):
         self.adapters_off = adapters_off
         self.copy = None
         if adapters_off:
-            if not policy.is_peft:
+            if not _has_adapters(policy):
                 raise ValueError("an adapters-off reference needs a policy with LoRA adapters (--use_lora)")
         else:
             self.copy = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -115,14 +125,14 @@ class ReferencePolicy:
             yield self.copy.to(next(_unwrap(policy).parameters()).device)
             return
         module = _unwrap(policy)
-        with module.language_model.disable_adapter():
+        with adapters_disabled(module):
             yield module
 
     @torch.no_grad()
     def logps(self, policy: nn.Module, batch: dict) -> torch.Tensor:
         if self.copy is None:
             module = _unwrap(policy)
-            with module.language_model.disable_adapter():
+            with adapters_disabled(module):
                 return batch_logps(module, batch)
         device = batch["input_ids"].device
         if next(self.copy.parameters()).device != device:
@@ -130,8 +140,9 @@ class ReferencePolicy:
         return batch_logps(self.copy, batch)
 
 
-def build_dpo_policy(cfg) -> tuple[VLM, VLMProcessor, ReferencePolicy]:
-    """The policy to train (from `model_name_or_path`), its processor and its frozen reference.
+def build_dpo_policy(cfg) -> tuple[nn.Module, object, ReferencePolicy]:
+    """The policy to train (from `model_name_or_path`: a vlmkit or a native transformers VLM), its processor
+    and its frozen reference.
 
     --use_lora: fresh adapters on a full checkpoint; only they train, the reference switches them off.
     Otherwise the connector and LLM (or the checkpoint's own adapters) train against a frozen copy.
@@ -153,8 +164,9 @@ def build_dpo_policy(cfg) -> tuple[VLM, VLMProcessor, ReferencePolicy]:
             "DPO under DeepSpeed ZeRO-3 needs --use_lora true: the reference is then the same sharded weights "
             "with the adapters off (a frozen full copy of a partitioned model cannot run on its own)"
         )
-    model, processor = build_vlm(cfg, cfg)
-    set_trainable(model, "instruct", tune_encoder=cfg.tune_encoder, tune_connector=not cfg.use_lora)
+    kind = vlm_kind(cfg)  # the connector is frozen under LoRA: switching the adapters off gives the start
+    model, processor = kind.build(cfg, tune_connector=not cfg.use_lora)
+    kind.set_trainable(model, cfg, "instruct", tune_connector=not cfg.use_lora)
     return model, processor, ReferencePolicy(model, adapters_off=cfg.use_lora)
 
 

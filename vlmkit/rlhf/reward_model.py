@@ -19,8 +19,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from vlmkit.models.build import build_vlm, resolve_attn_implementation
+from vlmkit.models.native.encoding import NativeEncoder
+from vlmkit.models.native.loading import load_processor
 from vlmkit.models.processor import VLMProcessor
 from vlmkit.models.vlm import VLM
+from vlmkit.rlhf.native_reward import NativeRewardModel
+from vlmkit.training.vlm_kinds import NATIVE, kind_of_model, kind_of_path, vlm_kind
 
 HEAD_FILE = "score_head.safetensors"
 REWARD_CONFIG_FILE = "reward_model.json"
@@ -158,17 +162,38 @@ class RewardModel(nn.Module):
         return model
 
 
-def load_reward_model(path: str | Path, **vlm_kwargs) -> tuple[RewardModel, VLMProcessor]:
-    """A frozen reward model in eval mode and its VLMProcessor, ready to score (e.g. for PPO)."""
+def reward_model_from_pretrained(path: str | Path, is_trainable: bool = False) -> nn.Module:
+    """A saved reward model of either kind: `RewardModel` (composite) or `NativeRewardModel`."""
+    if kind_of_path(str(path)) is NATIVE:
+        return NativeRewardModel.from_pretrained(path, is_trainable=is_trainable)
+    return RewardModel.from_pretrained(path, is_trainable=is_trainable)
+
+
+def load_reward_model(path: str | Path, **vlm_kwargs) -> tuple[nn.Module, object]:
+    """A frozen reward model in eval mode and its processor, ready to score (e.g. for PPO)."""
+    if kind_of_path(str(path)) is NATIVE:
+        model = NativeRewardModel.from_pretrained(path)
+        return model, NativeEncoder(load_processor(path), model.config.model_type)
     vlm_kwargs.setdefault("attn_implementation", resolve_attn_implementation("auto"))
     model = RewardModel.from_pretrained(path, is_trainable=False, **vlm_kwargs)
     return model, VLMProcessor.from_pretrained(path)
 
 
-def build_reward_model(model_args, lora_args=None) -> tuple[RewardModel, VLMProcessor]:
-    """A new reward model on a stage-2 checkpoint (`model_name_or_path`) or on parts, with a fresh head."""
+def build_reward_model(model_args, lora_args=None) -> tuple[nn.Module, object]:
+    """A new reward model on a stage-2 checkpoint (`model_name_or_path`; a native transformers VLM too) or
+    on parts, with a fresh head."""
+    if vlm_kind(model_args) is NATIVE:
+        use_lora = bool(lora_args and lora_args.use_lora)  # as the composite: connector frozen under LoRA
+        vlm, processor = NATIVE.build(model_args, tune_connector=not use_lora)
+        return NativeRewardModel(vlm), processor
     vlm, processor = build_vlm(model_args, lora_args, is_trainable=True)
     return RewardModel(vlm), processor
+
+
+def set_reward_trainable(model: nn.Module, cfg) -> tuple[int, int]:
+    """The backbone's parts for a reward run (connector frozen under LoRA; encoder with --tune_encoder) and
+    the head; logs the counts."""
+    return kind_of_model(model).set_trainable(model, cfg, "reward", tune_connector=not cfg.use_lora)
 
 
 # ---- losses and metrics (pure functions) ------------------------------------------------------------
@@ -198,7 +223,8 @@ def pairwise_stats(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, fl
 
 def score_pairs(model: RewardModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores (B,), (B,) of the chosen and rejected rows of a PreferenceCollator batch."""
-    scores = model(batch["input_ids"], batch["attention_mask"], batch.get("media"))
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "num_pairs")}
+    scores = model(**inputs)  # composite: input_ids, attention_mask, media; native: the processor's keys too
     b = batch["num_pairs"]
     return scores[:b], scores[b:]
 

@@ -84,6 +84,23 @@ def language_model_linear_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if n.startswith(prefix) and isinstance(m, nn.Linear)]
 
 
+def lora_target_names(model: nn.Module, requested: list[str] | None) -> list[str]:
+    """The language-model linear layers LoRA adapts: all of them for None or `["all-linear"]`, else those
+    whose last name is in `requested` (e.g. q_proj v_proj). Vision-tower layers of the same name are never
+    adapted: `--tune_vision_tower` trains the tower in full instead."""
+    linear = language_model_linear_names(model)
+    if not requested or list(requested) == ["all-linear"]:
+        return linear
+    chosen = [n for n in linear if n.rsplit(".", 1)[-1] in requested]
+    if not chosen:
+        valid = sorted({n.rsplit(".", 1)[-1] for n in linear})
+        raise ValueError(
+            f"lora_target_modules {list(requested)} match no linear layer of the language model; "
+            f"valid: all-linear or any of {', '.join(valid)}"
+        )
+    return chosen
+
+
 def apply_native_lora(
     model: nn.Module,
     *,
@@ -95,14 +112,14 @@ def apply_native_lora(
     tune_vision_tower: bool = False,
     tune_connector: bool = True,
 ):
-    """Wrap `model` with LoRA adapters (default: every linear layer of the language model).
+    """Wrap `model` with LoRA adapters on the language model (`lora_target_names`; default: all its linear layers).
 
     The connector (when `tune_connector`) and `modules_to_save` (e.g. `["lm_head"]`) train in full and are
     saved with the adapter.
     """
     from peft import LoraConfig, get_peft_model
 
-    targets = target_modules or language_model_linear_names(model)
+    targets = lora_target_names(model, target_modules)
     if not targets:
         raise ValueError(f"{type(model).__name__}: no LoRA target modules found in the language model")
     full = list(modules_to_save or [])

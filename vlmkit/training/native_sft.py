@@ -50,6 +50,10 @@ class NativeSFTDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def lengths(self) -> list[int]:
+        """Tokens per sample, media tokens included (for length grouping)."""
+        return [item["input_ids"].shape[1] for item in self.items]
+
     def __getitem__(self, i: int) -> dict:
         return self.items[i]
 

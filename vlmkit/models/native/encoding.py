@@ -21,6 +21,7 @@ import torch
 from vlmkit.data.records import IMAGE_TOKEN, BadSampleError, Sample
 from vlmkit.data.sft_dataset import load_media_item
 from vlmkit.data.tokenize import IGNORE_INDEX, SampleDropped
+from vlmkit.models.native.loading import save_processor
 from vlmkit.models.native.templates import END_OF_TURN
 
 # Tokens that belong to an image's block besides the image token itself (never cut, never supervised).
@@ -65,7 +66,11 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 class NativeEncoder:
-    """Turns `Sample`s into model inputs for one native VLM (its processor and `model_type`)."""
+    """Turns `Sample`s into model inputs for one native VLM (its processor and `model_type`).
+
+    It is the recipes' `processor` of a native model, as `VLMProcessor` is the composite's: it has the
+    `tokenizer` and `save_pretrained` (the processor files beside the weights).
+    """
 
     def __init__(
         self,
@@ -88,6 +93,17 @@ class NativeEncoder:
         self.media_token_ids = {i for i in ids if i is not None and i != tok.unk_token_id}
         if min_pixels is not None or max_pixels is not None:
             self._set_pixel_budget(min_pixels, max_pixels)
+
+    modality = "image"  # what media the model reads (as VLMProcessor.modality)
+
+    @property
+    def tokenizer(self):
+        """The processor's tokenizer (what generation decodes with)."""
+        return self.processor.tokenizer
+
+    def save_pretrained(self, out_dir) -> None:
+        """Write the processor files (tokenizer, image processor, chat template) a user of the model needs."""
+        save_processor(self.processor, out_dir)
 
     def _set_pixel_budget(self, min_pixels: int | None, max_pixels: int | None) -> None:
         """Qwen2-VL dynamic resolution: images are resized to hold between min and max pixels."""

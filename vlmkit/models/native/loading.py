@@ -34,7 +34,8 @@ def _read_config(path: Path) -> dict | None:
     return json.loads(file.read_text()) if file.is_file() else None
 
 
-def _image_text_model_types() -> set[str]:
+def image_text_model_types() -> set[str]:
+    """The model types `AutoModelForImageTextToText` maps (llava, qwen2_vl, idefics3, gemma3...)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     return set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
@@ -46,7 +47,7 @@ def is_native_vlm(path: str | Path) -> bool:
     if (path / VLMKIT_CONFIG_FILE).is_file():
         return False
     config = _read_config(path)
-    return bool(config) and config.get("model_type") in _image_text_model_types()
+    return bool(config) and config.get("model_type") in image_text_model_types()
 
 
 def check_native_config(path: str | Path, *, trust_remote_code: bool = False) -> dict:
@@ -66,7 +67,7 @@ def check_native_config(path: str | Path, *, trust_remote_code: bool = False) ->
             f"{path}: the model ({model_type or archs}) ships its own code (auto_map in config.json); read that "
             "code, then pass trust_remote_code=True (--trust_remote_code true) to run it"
         )
-    if model_type not in _image_text_model_types() and "auto_map" not in config:
+    if model_type not in image_text_model_types() and "auto_map" not in config:
         raise NativeModelError(
             f"{path}: architecture {', '.join(archs) or model_type} (model_type '{model_type}') is not an "
             "image-text model (AutoModelForImageTextToText has no mapping for it). Pass a VLM checkpoint "
@@ -158,3 +159,26 @@ def load_native_vlm(
         kwargs.update(quantization_config=quantization, device_map={"": _device_index()})
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     return model, processor
+
+
+def is_native_adapter(path: str | Path) -> bool:
+    """True for a local PEFT adapter directory whose base checkpoint is a native image-text model."""
+    file = Path(path) / "adapter_config.json"
+    if not file.is_file():
+        return False
+    base = json.loads(file.read_text()).get("base_model_name_or_path")
+    return bool(base) and is_native_vlm(base)
+
+
+def load_native_checkpoint(path: str | Path, *, is_trainable: bool = False, trust_remote_code: bool = False):
+    """(model, processor) of a native checkpoint: a full model, or a LoRA adapter directory (adapter + the
+    connector it trained in full + processor files) applied to the base its adapter_config.json names."""
+    path = Path(path)
+    if not is_native_adapter(path):
+        return load_native_vlm(path, trust_remote_code=trust_remote_code)
+    from peft import PeftModel
+
+    base_path = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    base, _ = load_native_vlm(base_path, trust_remote_code=trust_remote_code)
+    model = PeftModel.from_pretrained(base, path, is_trainable=is_trainable)
+    return model, load_processor(path, trust_remote_code=trust_remote_code)
