@@ -131,6 +131,13 @@ def test_native_config_trains_a_step_on_its_tiny_stand_in(recipe, digits_rows, n
     overrides = []
     if cfg.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
         overrides = ["--load_in_4bit", "false"]  # the rest of the QLoRA config still runs
+    if cfg.load_in_4bit and not overrides:  # the QLoRA config as shipped quantizes the language model
+        from vlmkit.training.vlm_kinds import NATIVE
+
+        model, _ = NATIVE.build(_load(name, "--model_name_or_path", f"vlmkit-tiny/native-{family}"))
+        linear4bit = [n for n, m in model.named_modules() if type(m).__name__ == "Linear4bit"]
+        assert linear4bit and all("language_model" in n for n in linear4bit)
+        del model
     out = tmp_path / name
     metrics = recipe("llava_stage2").main(
         ["--config", str(_path(name)), "--model_name_or_path", f"vlmkit-tiny/native-{family}", *data,
