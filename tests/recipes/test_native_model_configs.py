@@ -162,3 +162,11 @@ def test_native_config_trains_a_step_on_its_tiny_stand_in(recipe, digits_rows, n
 
         size = load_processor(out).image_processor.size
         assert (size["shortest_edge"], size["longest_edge"]) == (cfg.min_pixels, cfg.max_pixels)
+
+
+def test_readme_launches_every_native_config_and_names_only_shipped_configs():
+    readme = (CONFIGS.parents[1] / "README.md").read_text()
+    named = set(re.findall(r"recipes/configs/([\w.\-]+)\.yaml", readme))
+    assert not {n for n in named if not _path(n).is_file()}, "README names a config that is not shipped"
+    for name in NATIVE_CONFIGS:
+        assert f"recipes/llava_stage2.py --config recipes/configs/{name}.yaml" in readme, name
