@@ -77,6 +77,8 @@ def test_native_config_parses_and_its_header_adds_up(name):
     # The memory table: its items add up to the stated total, at the config's batch, within the GPU it names.
     assert f"batch {cfg.per_device_train_batch_size} x {cfg.max_length} tokens" in header
     table = header[header.index("# Memory, an ESTIMATE") : header.index("total")]
+    if cfg.use_lora:
+        assert f"LoRA r{cfg.lora_r} " in table  # the adapter size counted is the config's rank
     items = [float(x) for x in re.findall(r"=\s+([\d.]+) GiB", table)]
     total = float(re.search(r"total\s+~ (\d+) GiB", header).group(1))
     assert len(items) >= 5 and abs(sum(items) - total) <= 0.6, (items, total)
