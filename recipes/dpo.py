@@ -17,7 +17,7 @@ metrics.json (eval_accuracy and eval_accuracy_before on --eval_prompts_path; on 
 eval_reward_accuracy and eval_reward_margin of the implicit reward, and the policy's own chosen-vs-rejected
 eval_likelihood_accuracy / eval_logp_margin with their *_before on the start), train_log.jsonl, loss.png and
 README.md into --output_dir. --sft_baseline true adds the same metrics of the compute-matched SFT baseline
-(*_sft_baseline: the same pairs and updates, trained on the chosen answers) and beats_sft_baseline.
+(baseline_*: the same pairs and updates, trained on the chosen answers) and baseline_beaten.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.sft_baseline:  # the same start, pairs and updates, trained on the chosen answers
         baseline = train_sft_on_chosen(cfg, run.accelerator, train_set, collate)
         scores = run.evaluate(lambda trained: evaluate(trained, "sft_baseline"), baseline.model)
-        metrics.update({f"{k}_sft_baseline": v for k, v in scores.items() if not k.endswith("_before")})
+        metrics.update({f"baseline_{k}": v for k, v in scores.items() if not k.endswith("_before")})
         if graded.get("sft_baseline"):
             metrics.update(paired_comparison(graded["dpo"], graded["sft_baseline"]))
     card = vlm_card(cfg, run.unwrap(result.model), stage="DPO (preference optimisation)")

@@ -23,8 +23,8 @@ approx-KL, value loss, explained variance, response length, rollout/update secon
 README.md into --output_dir.
 With --sft_baseline true (the digits configs) it then trains the compute-matched supervised baseline (SFT on the
 reference answers from the same start, the same prompts and updates: vlmkit/rlhf/sft_baseline.py; its log in
-sft_baseline/) and adds eval_accuracy_sft_baseline, eval_accuracy_over_sft_baseline (+ stderr) and
-beats_sft_baseline to metrics.json.
+sft_baseline/) and adds baseline_eval_accuracy, baseline_accuracy_rl_minus_sft (+ stderr) and
+baseline_beaten to metrics.json.
 """
 
 from __future__ import annotations
@@ -94,9 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.sft_baseline:  # the same start, prompts and updates, trained on the reference answers
         metrics.update(compare_with_sft_baseline(trainer, eval_prompts, lambda: build_vlm(cfg, cfg)[0]))
     card = vlm_card(cfg, trainer.bare.policy, stage="stage 4 (PPO)")
-    return run.finish(
-        metrics, card=card, skips=skips, plot_keys=("score_mean", "gold_accuracy", "kl", "loss")
-    )
+    plots = ("score_mean", "gold_accuracy", "kl", "loss")
+    return run.finish(metrics, card=card, skips=skips, plot_keys=plots)
 
 
 if __name__ == "__main__":

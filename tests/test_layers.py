@@ -43,6 +43,7 @@ TOP_LAYER = max(LAYERS.values())
 SIBLING_EDGES = {
     ("vlmkit.rlhf.verifiable", "vlmkit.eval.answers"),
     ("vlmkit.rlhf.rl_trainer", "vlmkit.eval.answers"),
+    ("vlmkit.rlhf.sft_baseline", "vlmkit.eval.answers"),  # grades its baseline as the RL run is graded
 }
 
 # Upward imports being removed, each with its reason; empty: there are none.

@@ -10,15 +10,15 @@ from vlmkit.pipeline.report import write_report
 from vlmkit.pipeline.spec import PipelineSpec, StageSpec
 
 RUNS = {
-    "ppo": {"eval_accuracy_before": 0.561, "eval_accuracy": 0.919, "eval_accuracy_sft_baseline": 0.964,
-            "eval_accuracy_over_sft_baseline": -0.045, "eval_accuracy_over_sft_baseline_stderr": 0.012,
-            "beats_sft_baseline": False, "eval_kl": 1.0, "train_samples": 5120},
-    "grpo": {"eval_accuracy_before": 0.561, "eval_accuracy": 0.889, "eval_accuracy_sft_baseline": 0.880,
-             "eval_accuracy_over_sft_baseline": 0.009, "eval_accuracy_over_sft_baseline_stderr": 0.015,
-             "beats_sft_baseline": False, "train_samples": 5120},
-    "dpo": {"eval_accuracy_before": 0.561, "eval_accuracy": 0.700, "eval_accuracy_sft_baseline": 0.600,
-            "eval_accuracy_over_sft_baseline": 0.1, "eval_accuracy_over_sft_baseline_stderr": 0.02,
-            "beats_sft_baseline": True},
+    "ppo": {"eval_accuracy_before": 0.561, "eval_accuracy": 0.919, "baseline_eval_accuracy": 0.964,
+            "baseline_accuracy_rl_minus_sft": -0.045, "baseline_accuracy_rl_minus_sft_stderr": 0.012,
+            "baseline_beaten": False, "eval_kl": 1.0, "train_samples": 5120},
+    "grpo": {"eval_accuracy_before": 0.561, "eval_accuracy": 0.889, "baseline_eval_accuracy": 0.880,
+             "baseline_accuracy_rl_minus_sft": 0.009, "baseline_accuracy_rl_minus_sft_stderr": 0.015,
+             "baseline_beaten": False, "train_samples": 5120},
+    "dpo": {"eval_accuracy_before": 0.561, "eval_accuracy": 0.700, "baseline_eval_accuracy": 0.600,
+            "baseline_accuracy_rl_minus_sft": 0.1, "baseline_accuracy_rl_minus_sft_stderr": 0.02,
+            "baseline_beaten": True},
     "old_ppo": {"eval_accuracy_before": 0.5, "eval_accuracy": 0.6},  # a run from before the baseline existed
 }  # fmt: skip
 

@@ -44,7 +44,7 @@ def test_pure_dpo_learns_the_preferences_and_keeps_the_answers(recipe, weak_imag
     # answers not below the start, beyond noise
     assert metrics["eval_accuracy"] >= metrics["eval_accuracy_before"] - PURE_ACCURACY_SLACK, metrics
     # SFT on the chosen answers with the same pairs and updates does not learn the preferences as DPO does.
-    assert metrics["eval_reward_accuracy"] >= metrics["eval_reward_accuracy_sft_baseline"] + 0.1, metrics
+    assert metrics["eval_reward_accuracy"] >= metrics["baseline_eval_reward_accuracy"] + 0.1, metrics
     for name in RUN_FILES:
         assert (out / name).is_file(), name
     assert json.loads((out / "metrics.json").read_text())["eval_accuracy"] == metrics["eval_accuracy"]
@@ -57,11 +57,11 @@ def test_rpo_raises_held_out_accuracy_of_a_weak_policy(recipe, weak_image_policy
     assert before < 0.65, metrics
     assert after >= before + RPO_GAIN, metrics
     assert metrics["eval_reward_accuracy"] > 0.6, metrics  # implicit reward ranks held-out pairs
-    gain = after - metrics["eval_accuracy_sft_baseline"]
-    assert metrics["eval_accuracy_over_sft_baseline"] == pytest.approx(gain, abs=1e-9)
+    gain = after - metrics["baseline_eval_accuracy"]
+    assert metrics["baseline_accuracy_rl_minus_sft"] == pytest.approx(gain, abs=1e-9)
     assert gain >= -0.06, metrics  # measured -0.019
-    stderr = metrics["eval_accuracy_over_sft_baseline_stderr"]
-    assert metrics["beats_sft_baseline"] == (gain > 1.96 * stderr)
+    stderr = metrics["baseline_accuracy_rl_minus_sft_stderr"]
+    assert metrics["baseline_beaten"] == (gain > 1.96 * stderr)
 
 
 def test_lora_dpo_trains_adapters_against_adapters_off(recipe, weak_image_policy, tmp_path):

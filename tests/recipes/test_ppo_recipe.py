@@ -76,15 +76,15 @@ def test_the_compute_matched_sft_baseline_is_reported_honestly(ppo_run):
     """The config's SFT baseline: the same prompts and updates as PPO (20 steps x 4 epochs x 16 mini-batches),
     trained on the reference answers; metrics.json says by how much PPO beat it, or did not."""
     out, metrics = ppo_run
-    assert metrics["sft_baseline_samples"] == metrics["train_samples"] == PPO_STEPS * 256
-    assert metrics["sft_baseline_updates"] == PPO_STEPS * 4 * 16
+    assert metrics["baseline_samples"] == metrics["train_samples"] == PPO_STEPS * 256
+    assert metrics["baseline_updates"] == PPO_STEPS * 4 * 16
     # Measured (seed 43): the baseline reaches 0.844 from 0.425, PPO 0.683: supervision on the answers wins here.
-    assert metrics["eval_accuracy_sft_baseline"] >= 0.80, metrics
-    assert metrics["eval_accuracy_over_sft_baseline"] >= -0.21, metrics  # measured -0.161 (stderr 0.024)
-    gain = metrics["eval_accuracy"] - metrics["eval_accuracy_sft_baseline"]
-    assert metrics["eval_accuracy_over_sft_baseline"] == pytest.approx(gain, abs=1e-9)
-    stderr = metrics["eval_accuracy_over_sft_baseline_stderr"]
-    assert metrics["beats_sft_baseline"] == (gain > 1.96 * stderr)
+    assert metrics["baseline_eval_accuracy"] >= 0.80, metrics
+    assert metrics["baseline_accuracy_rl_minus_sft"] >= -0.21, metrics  # measured -0.161 (stderr 0.024)
+    gain = metrics["eval_accuracy"] - metrics["baseline_eval_accuracy"]
+    assert metrics["baseline_accuracy_rl_minus_sft"] == pytest.approx(gain, abs=1e-9)
+    stderr = metrics["baseline_accuracy_rl_minus_sft_stderr"]
+    assert metrics["baseline_beaten"] == (gain > 1.96 * stderr)
     log = (out / "sft_baseline" / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == list(range(1, PPO_STEPS + 1))
 

@@ -118,16 +118,16 @@ def test_the_baseline_takes_the_rl_runs_updates_on_its_prompts(method, base_poli
     per_step = METHODS[method][2]
     assert len(rl_updates) == 2 * per_step  # the RL run's optimizer updates, counted where they happen
     assert base_updates == rl_updates  # the same number of updates, step by step
-    assert metrics["sft_baseline_updates"] == len(rl_updates)
+    assert metrics["baseline_updates"] == len(rl_updates)
     assert base_prompts == rl_prompts and len(rl_prompts[0]) == rl.cfg.rollout_batch_size  # same rows, order
     assert (
-        metrics["sft_baseline_samples"] == 2 * rl.cfg.rollout_batch_size
+        metrics["baseline_samples"] == 2 * rl.cfg.rollout_batch_size
     )  # what the recipe's train_samples counts
     moved = [not torch.equal(a, b) for a, b in zip(start.parameters(), base_policy[0].parameters())]
     assert any(moved)  # the baseline trained the copy of the RL run's start it was given
-    gain = rl_accuracy - metrics["eval_accuracy_sft_baseline"]
-    assert metrics["eval_accuracy_over_sft_baseline"] == pytest.approx(gain, abs=1e-9)
-    assert {"eval_reward_sft_baseline", "eval_kl_sft_baseline", "beats_sft_baseline"} <= set(metrics)
+    gain = rl_accuracy - metrics["baseline_eval_accuracy"]
+    assert metrics["baseline_accuracy_rl_minus_sft"] == pytest.approx(gain, abs=1e-9)
+    assert {"baseline_eval_reward", "baseline_eval_kl", "baseline_beaten"} <= set(metrics)
     log = [
         json.loads(line) for line in (tmp_path / BASELINE_DIR / "train_log.jsonl").read_text().splitlines()
     ]
@@ -150,15 +150,13 @@ def test_answer_tokens_are_what_stage2_sft_supervises(base_policy):
 def test_paired_comparison_by_hand():
     # d = [1, 0, 1, 0]: gain 0.5, sample std sqrt(1/3), stderr sqrt(1/3) / 2 = 0.2887 -> 0.5 < 1.96 x 0.2887
     result = paired_comparison([True, True, True, False], [False, True, False, False])
-    assert result["eval_accuracy_over_sft_baseline"] == pytest.approx(0.5)
-    assert result["eval_accuracy_over_sft_baseline_stderr"] == pytest.approx(math.sqrt(1 / 3) / 2)
-    assert result["beats_sft_baseline"] is False  # a gain inside the noise is not a win
+    assert result["baseline_accuracy_rl_minus_sft"] == pytest.approx(0.5)
+    assert result["baseline_accuracy_rl_minus_sft_stderr"] == pytest.approx(math.sqrt(1 / 3) / 2)
+    assert result["baseline_beaten"] is False  # a gain inside the noise is not a win
     many = paired_comparison([True] * 12 + [False] * 8, [False] * 12 + [False] * 8)
-    assert (
-        many["eval_accuracy_over_sft_baseline"] == pytest.approx(0.6) and many["beats_sft_baseline"] is True
-    )
+    assert many["baseline_accuracy_rl_minus_sft"] == pytest.approx(0.6) and many["baseline_beaten"] is True
     worse = paired_comparison([False] * 10, [True] * 10)
-    assert worse["eval_accuracy_over_sft_baseline"] == -1.0 and worse["beats_sft_baseline"] is False
+    assert worse["baseline_accuracy_rl_minus_sft"] == -1.0 and worse["baseline_beaten"] is False
     with pytest.raises(ValueError, match="equal"):
         paired_comparison([True], [True, False])
 

@@ -50,7 +50,7 @@ class RLArgs:
         False,
         "After RL, train the compute-matched supervised baseline (SFT on the prompts' reference answers from the "
         "same start: the same prompts, passes and optimizer updates; see vlmkit.rlhf.sft_baseline), evaluate it "
-        "the same way and report whether RL beat it (eval_*_sft_baseline, rl_beats_sft_baseline).",
+        "the same way and report whether RL beat it (baseline_eval_*, baseline_beaten).",
     )
     # ---- overridden defaults ----
     learning_rate: float = _f(1e-5, "Peak learning rate of the policy.")

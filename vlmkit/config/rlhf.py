@@ -69,5 +69,5 @@ class DPOConfig(
         False,
         "After DPO, train the compute-matched supervised baseline (SFT on the chosen answers from the same start: "
         "the same pairs, order and optimizer updates; see vlmkit.rlhf.sft_baseline), evaluate it the same way "
-        "and report whether DPO beat it (eval_*_sft_baseline, beats_sft_baseline).",
+        "and report whether DPO beat it (baseline_eval_*, baseline_beaten).",
     )

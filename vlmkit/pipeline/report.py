@@ -90,11 +90,11 @@ Z_95 = 1.96
 
 def _over_baseline(m: dict) -> tuple[str, str]:
     """(RL's accuracy gain over its compute-matched SFT baseline ± the 95% half-width, verdict) or dashes."""
-    gain = m.get("eval_accuracy_over_sft_baseline")
+    gain = m.get("baseline_accuracy_rl_minus_sft")
     if gain is None:
         return "—", "—"
-    stderr = m.get("eval_accuracy_over_sft_baseline_stderr", float("nan"))
-    verdict = "yes" if m.get("beats_sft_baseline") else ("no (worse)" if gain < -Z_95 * stderr else "no")
+    stderr = m.get("baseline_accuracy_rl_minus_sft_stderr", float("nan"))
+    verdict = "yes" if m.get("baseline_beaten") else ("no (worse)" if gain < -Z_95 * stderr else "no")
     return f"{gain:+.3f} ± {Z_95 * stderr:.3f}", verdict
 
 
@@ -110,7 +110,7 @@ def rl_comparison(spec: PipelineSpec, facts: dict[str, dict]) -> list[list[str]]
         m = f["metrics"]
         accuracy = f"{_fmt(m.get('eval_accuracy_before'))} → {_fmt(m.get('eval_accuracy'))}"
         gain, verdict = _over_baseline(m)
-        rows.append([stage.name, stage.recipe.upper(), accuracy, _fmt(m.get("eval_accuracy_sft_baseline")), gain,
+        rows.append([stage.name, stage.recipe.upper(), accuracy, _fmt(m.get("baseline_eval_accuracy")), gain,
                      verdict, _fmt(m.get("eval_kl")), _whole(m.get("train_samples")), _whole(f["wall"])])  # fmt: skip
     return rows
 

@@ -198,9 +198,9 @@ def paired_comparison(rl_correct: list[bool], baseline_correct: list[bool]) -> d
     gain = d.mean().item()
     stderr = (d.std().item() / math.sqrt(len(d))) if len(d) > 1 else float("inf")
     return {
-        "eval_accuracy_over_sft_baseline": gain,
-        "eval_accuracy_over_sft_baseline_stderr": stderr,
-        "beats_sft_baseline": bool(gain > SIGNIFICANCE_Z * stderr),
+        "baseline_accuracy_rl_minus_sft": gain,
+        "baseline_accuracy_rl_minus_sft_stderr": stderr,
+        "baseline_beaten": bool(gain > SIGNIFICANCE_Z * stderr),
     }
 
 
@@ -241,10 +241,10 @@ def compare_with_sft_baseline(
     """Train the compute-matched SFT baseline of the trained RL run `rl` from `build_policy()` (a fresh copy
     of the same starting policy), evaluate it like the RL run and compare. Every process calls it.
 
-    Returns metrics: eval_{accuracy,reward,kl}_sft_baseline, the paired gain and verdict
-    (`paired_comparison`), and what was matched: sft_baseline_updates (optimizer updates: the RL run's),
-    sft_baseline_samples (answer rows, summed over processes: the RL run's train_samples) and
-    sft_baseline_seconds."""
+    Returns metrics: baseline_eval_{accuracy,reward,kl}, the paired gain and verdict
+    (`paired_comparison`), and what was matched: baseline_updates (optimizer updates: the RL run's),
+    baseline_samples (answer rows, summed over processes: the RL run's train_samples) and
+    baseline_seconds."""
     cfg, acc = rl.cfg, rl.accelerator
     rl_correct = correctness(rl.greedy_answers(eval_prompts), eval_prompts)
     base_cfg = baseline_config(cfg, acc)
@@ -258,9 +258,9 @@ def compare_with_sft_baseline(
     logger.info("SFT baseline: %s", scores)
     samples = acc.reduce(torch.tensor(float(baseline.rows_trained), device=acc.device), "sum").item()
     return {
-        **{f"eval_{k}_sft_baseline": v for k, v in scores.items() if k in ("accuracy", "reward", "kl")},
+        **{f"baseline_eval_{k}": v for k, v in scores.items() if k in ("accuracy", "reward", "kl")},
         **paired_comparison(rl_correct, base_correct),
-        "sft_baseline_updates": baseline.updates,
-        "sft_baseline_samples": samples,
-        "sft_baseline_seconds": round(result.train_seconds, 2),
+        "baseline_updates": baseline.updates,
+        "baseline_samples": samples,
+        "baseline_seconds": round(result.train_seconds, 2),
     }
