@@ -47,20 +47,27 @@ KL_BAND = (
 @pytest.mark.slow
 def test_every_stage_learns(pipeline_run):
     root, stdout = pipeline_run
-    lm = _metrics(root, "lm_pretrain")  # measured 0.42 nats/token against 4.06 for the unigram model
+    lm = _metrics(root, "lm_pretrain")  # measured 0.44 nats/token against 4.10 for the unigram model
     assert lm["eval_loss"] < 0.25 * lm["eval_unigram_loss"], lm
     clip = _metrics(root, "clip")
     assert clip["eval_zero_shot_accuracy"] >= 0.88  # measured 0.925
     assert clip["eval_image_to_text_r1"] <= clip["eval_image_to_text_r5"]
-    stage1 = _metrics(root, "stage1")  # frozen text-pretrained LLM, only the connector trained
-    assert stage1["eval_caption_digit_accuracy"] >= 0.63, stage1  # measured 0.681, chance 0.10
-    assert stage1["eval_loss"] < stage1["eval_loss_text_only"], stage1  # the image helps
-    assert stage1["eval_image_gain"] > 0.1 and stage1["eval_media_feature_cosine"] < 0.9, stage1
+    # Stage 1, image and audio: frozen text-pretrained LLM, only the connector trained. Measured: image caption
+    # digit accuracy 0.694, eval_loss 0.503 against 0.922 text-only, media gain 0.253 nats/token (3.47 per
+    # caption), feature cosine 0.760; audio (held-out accent) 0.308, 0.576 against 1.361, 0.118 (1.24), 0.864.
+    bars = {"stage1": (0.65, 0.22, 0.80), "audio_stage1": (0.25, 0.09, 0.89)}  # accuracy, gain, cosine
+    for name, (accuracy, gain, cosine) in bars.items():
+        stage1 = _metrics(root, name)
+        assert stage1["eval_caption_digit_accuracy"] >= accuracy, (name, stage1)  # chance 0.10
+        assert stage1["eval_loss"] < stage1["eval_loss_text_only"] - 0.3, (name, stage1)  # the media help
+        assert stage1["eval_image_gain"] >= gain, (name, stage1)
+        assert stage1["eval_media_feature_cosine"] < cosine, (name, stage1)
     assert _metrics(root, "stage2")["eval_accuracy"] >= 0.93  # measured 0.961
     # The stage-2 model on the digits benchmark in MMBench's format: right in all 4 rotations (chance 0.004).
-    assert _metrics(root, "stage2_bench")["eval_digits_mmbench_circular_accuracy"] >= 0.27  # measured 0.320
-    assert _metrics(root, "reward_model")["eval_pairwise_accuracy"] >= 0.95  # measured 0.986
-    assert _metrics(root, "stage2_weak")["eval_accuracy"] <= 0.65  # weak on purpose: room for RL
+    assert _metrics(root, "stage2_bench")["eval_digits_mmbench_circular_accuracy"] >= 0.30  # measured 0.340
+    assert _metrics(root, "reward_model")["eval_pairwise_accuracy"] >= 0.95  # measured 0.975
+    assert _metrics(root, "stage2_weak")["eval_accuracy"] <= 0.65  # weak on purpose: room for RL (measured 0.606)
+    assert 0.35 <= _metrics(root, "audio_stage2_weak")["eval_accuracy"] <= 0.55  # measured 0.400
     gains = {"ppo": 0.30, "grpo": 0.28, "audio_ppo": 0.12}  # measured +0.358, +0.328, +0.167
     for name, gain in gains.items():  # image and audio policies, held-out prompts
         rl = _metrics(root, name)
@@ -72,7 +79,7 @@ def test_every_stage_learns(pipeline_run):
         assert _metrics(root, name)["eval_kl"] <= KL_BAND * target, name
     # Audio GRPO is reported, not claimed: on this budget it does not lift the weak audio policy.
     assert "eval_accuracy" in _metrics(root, "audio_grpo")
-    assert _metrics(root, "audio_stage2")["eval_accuracy"] >= 0.75  # measured 0.800, chance 0.10
+    assert _metrics(root, "audio_stage2")["eval_accuracy"] >= 0.85  # measured 0.892, chance 0.10
     examples = json.loads((root / "ppo" / "eval_examples.json").read_text())
     assert examples and all({"answer_before", "prediction", "media"} <= set(ex) for ex in examples)
     report = (root / "report.html").read_text()
