@@ -77,7 +77,7 @@ def test_every_stage_learns(pipeline_run):
     for name in ("ppo", "audio_ppo"):
         target = yaml.safe_load((root / name / "config.yaml").read_text())["kl_target"]
         assert _metrics(root, name)["eval_kl"] <= KL_BAND * target, name
-    # Audio GRPO is reported, not claimed: on this budget it does not lift the weak audio policy.
+    # Audio GRPO is reported, not claimed: on this budget it barely lifts the weak audio policy (0.408 -> 0.450).
     assert "eval_accuracy" in _metrics(root, "audio_grpo")
     assert _metrics(root, "audio_stage2")["eval_accuracy"] >= 0.85  # measured 0.892, chance 0.10
     examples = json.loads((root / "ppo" / "eval_examples.json").read_text())
