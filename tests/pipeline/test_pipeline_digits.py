@@ -131,7 +131,7 @@ def test_mae_tower_branch_learns(tmp_path: Path, vlmkit_session_env):
         json.loads(line)["loss"] for line in (tmp_path / "mae" / "train_log.jsonl").read_text().splitlines()
     ]
     assert losses[-1] < 0.8 * losses[0]  # the masked-patch loss falls
-    assert _metrics(tmp_path, "mae_stage2")["eval_accuracy"] >= 0.85  # chance 0.10; measured 0.942
+    assert _metrics(tmp_path, "mae_stage2")["eval_accuracy"] >= 0.85  # chance 0.10; measured 0.950
     assert (
         json.loads((tmp_path / "mae_stage2" / "vlmkit_config.json").read_text())["encoder_model_type"]
         == "vit_mae"
