@@ -90,3 +90,21 @@ def test_corpus_is_deterministic_and_names_digits_without_media():
     assert docs == corpus_documents(np.random.default_rng(3), 200)
     assert len(set(docs)) > 150
     assert not any("<image>" in d or "<audio>" in d for d in docs)
+
+
+def test_corpus_says_what_the_stage1_captions_and_questions_say():
+    """The LLM that stage 1 freezes has read every image and audio caption template, stage-1 instruction and
+    stage-2 question (with some digit filled in) in its pretraining text."""
+    import numpy as np
+
+    from vlmkit.data.digits import CAPTION_TEMPLATES, DIGIT_WORDS, NUMERALS, QUESTIONS, STAGE1_INSTRUCTIONS
+    from vlmkit.data.spoken_digits import AUDIO_CAPTIONS, AUDIO_QUESTIONS, AUDIO_STAGE1_INSTRUCTIONS
+
+    text = "\n".join(corpus_documents(np.random.default_rng(0), 3000))
+    prompts = [s.replace("{token}", "").strip() for s in STAGE1_INSTRUCTIONS + AUDIO_STAGE1_INSTRUCTIONS]
+    missing = [
+        t for t in CAPTION_TEMPLATES + AUDIO_CAPTIONS
+        if not any(t.format(n=n, w=w) in text for n, w in zip(NUMERALS, DIGIT_WORDS))
+    ]  # fmt: skip
+    missing += [s for s in [*prompts, *QUESTIONS, *AUDIO_QUESTIONS] if s and s not in text]
+    assert not missing, missing

@@ -46,20 +46,27 @@ KL_BAND = 2.0
 @pytest.mark.slow
 def test_every_stage_learns(pipeline_run):
     root, stdout = pipeline_run
-    lm = _metrics(root, "lm_pretrain")  # measured 0.42 nats/token against 4.06 for the unigram model
+    lm = _metrics(root, "lm_pretrain")  # measured 0.44 nats/token against 4.10 for the unigram model
     assert lm["eval_loss"] < 0.25 * lm["eval_unigram_loss"], lm
     clip = _metrics(root, "clip")
     assert clip["eval_zero_shot_accuracy"] >= 0.88  # measured 0.925
     assert clip["eval_image_to_text_r1"] <= clip["eval_image_to_text_r5"]
-    stage1 = _metrics(root, "stage1")  # frozen text-pretrained LLM, only the connector trained
-    assert stage1["eval_caption_digit_accuracy"] >= 0.63, stage1  # measured 0.681, chance 0.10
-    assert stage1["eval_loss"] < stage1["eval_loss_text_only"], stage1  # the image helps
-    assert stage1["eval_image_gain"] > 0.1 and stage1["eval_media_feature_cosine"] < 0.9, stage1
+    # Stage 1, image and audio: frozen text-pretrained LLM, only the connector trained. Measured: image caption
+    # digit accuracy 0.694, eval_loss 0.503 against 0.922 text-only, media gain 0.253 nats/token (3.47 per
+    # caption), feature cosine 0.760; audio (held-out accent) 0.308, 0.576 against 1.361, 0.118 (1.24), 0.864.
+    bars = {"stage1": (0.65, 0.22, 0.80), "audio_stage1": (0.25, 0.09, 0.89)}  # accuracy, gain, cosine
+    for name, (accuracy, gain, cosine) in bars.items():
+        stage1 = _metrics(root, name)
+        assert stage1["eval_caption_digit_accuracy"] >= accuracy, (name, stage1)  # chance 0.10
+        assert stage1["eval_loss"] < stage1["eval_loss_text_only"] - 0.3, (name, stage1)  # the media help
+        assert stage1["eval_image_gain"] >= gain, (name, stage1)
+        assert stage1["eval_media_feature_cosine"] < cosine, (name, stage1)
     assert _metrics(root, "stage2")["eval_accuracy"] >= 0.93  # measured 0.961
     # The stage-2 model on the digits benchmark in MMBench's format: right in all 4 rotations (chance 0.004).
-    assert _metrics(root, "stage2_bench")["eval_digits_mmbench_circular_accuracy"] >= 0.27  # measured 0.320
-    assert _metrics(root, "reward_model")["eval_pairwise_accuracy"] >= 0.95  # measured 0.986
-    assert _metrics(root, "stage2_weak")["eval_accuracy"] <= 0.65  # weak on purpose: room for RL
+    assert _metrics(root, "stage2_bench")["eval_digits_mmbench_circular_accuracy"] >= 0.30  # measured 0.340
+    assert _metrics(root, "reward_model")["eval_pairwise_accuracy"] >= 0.95  # measured 0.975
+    assert _metrics(root, "stage2_weak")["eval_accuracy"] <= 0.65  # weak on purpose (measured 0.606)
+    assert 0.35 <= _metrics(root, "audio_stage2_weak")["eval_accuracy"] <= 0.55  # measured 0.400
     assert _metrics(root, "audio_reward_model")["eval_pairwise_accuracy"] >= 0.95  # measured 0.983
     # PPO optimises the learned reward models (image, audio); GRPO the verifiable digit reward.
     # measured +0.381, +0.328, +0.108, +0.267 (audio GRPO alone, 2 threads; with 1 thread +0.158, seed 1 +0.233)
@@ -93,7 +100,7 @@ def test_every_stage_learns(pipeline_run):
     assert dpo["eval_accuracy"] >= dpo["eval_accuracy_before"], dpo  # measured 0.589 -> 0.614
     # SFT on the chosen answers with DPO's pairs and updates: measured 0.483, DPO +0.131 over it.
     assert dpo["baseline_accuracy_rl_minus_sft"] >= 0.08, dpo
-    assert _metrics(root, "audio_stage2")["eval_accuracy"] >= 0.75  # measured 0.800, chance 0.10
+    assert _metrics(root, "audio_stage2")["eval_accuracy"] >= 0.85  # measured 0.892, chance 0.10
     examples = json.loads((root / "ppo" / "eval_examples.json").read_text())
     assert examples and all({"answer_before", "prediction", "media"} <= set(ex) for ex in examples)
     report = (root / "report.html").read_text()
@@ -159,7 +166,7 @@ def test_mae_tower_branch_learns(tmp_path: Path, vlmkit_session_env):
         json.loads(line)["loss"] for line in (tmp_path / "mae" / "train_log.jsonl").read_text().splitlines()
     ]
     assert losses[-1] < 0.8 * losses[0]  # the masked-patch loss falls
-    assert _metrics(tmp_path, "mae_stage2")["eval_accuracy"] >= 0.85  # chance 0.10; measured 0.942
+    assert _metrics(tmp_path, "mae_stage2")["eval_accuracy"] >= 0.85  # chance 0.10; measured 0.950
     assert (
         json.loads((tmp_path / "mae_stage2" / "vlmkit_config.json").read_text())["encoder_model_type"]
         == "vit_mae"

@@ -24,7 +24,7 @@ def test_lm_pretrain_learns_and_feeds_stage1(recipe, digits_data, tmp_path):
                  "model.safetensors", "tokenizer_config.json", "generation_config.json"):  # fmt: skip
         assert (out / name).is_file(), name
     assert json.loads((out / "metrics.json").read_text()) == metrics
-    # Far below the unigram model of the train text (the shipped 600 steps measured 0.419 against 4.057).
+    # Far below the unigram model of the train text (the shipped 1000 steps measured 0.438 against 4.101).
     assert metrics["eval_loss"] < metrics["eval_unigram_loss"] - 2.0, metrics
     assert metrics["eval_perplexity"] < 0.2 * metrics["eval_unigram_perplexity"]
     assert metrics["train_loss"] < 0.5 * metrics["train_loss_first"]

@@ -26,11 +26,11 @@ def test_stage1_connector_beats_a_fresh_one_in_stage2(recipe, digits_data, tmp_p
         ["--config", str(CONFIGS / "digits_llava_stage1.yaml"), "--language_model", str(lm), "--output_dir",
          str(stage1), "--report_to", "none", "--max_eval_samples", "16"]
     )  # fmt: skip
-    # Stage 1 learned to pass the image on (random-init tiny CLIP tower here; measured: eval_loss 0.576 against
-    # 1.037 text-only, image gain 0.202 nats/token, media feature cosine 0.831).
+    # Stage 1 learned to pass the image on (random-init tiny CLIP tower here; measured: eval_loss 0.500 against
+    # 0.922 text-only, image gain 0.216 nats/token or 2.96 per caption, media feature cosine 0.868).
     assert aligned["eval_loss"] < aligned["eval_loss_text_only"] - 0.3, aligned
-    assert aligned["eval_image_gain"] >= 0.15, aligned
-    assert aligned["eval_media_feature_cosine"] < 0.9, aligned
+    assert aligned["eval_image_gain"] >= 0.18 and aligned["eval_image_gain_per_caption"] >= 2.5, aligned
+    assert aligned["eval_media_feature_cosine"] < 0.89, aligned
     stage2 = [str(CONFIGS / "digits_llava_stage2_weak.yaml"), *STAGE2_BUDGET]
     fresh_parts = [
         "--model_name_or_path", "none", "--vision_tower", "vlmkit-tiny/clip-vision", "--language_model", str(lm),
@@ -46,6 +46,7 @@ def test_stage1_connector_beats_a_fresh_one_in_stage2(recipe, digits_data, tmp_p
             accuracy[arm].append(metrics["eval_accuracy"])
     gain = statistics.mean(accuracy["stage1"]) - statistics.mean(accuracy["fresh"])
     print(f"stage-2 held-out accuracy by seed {SEEDS}: {accuracy}; gain {gain:.3f}")
-    # Measured (seeds 1, 2, 3): from stage 1 0.475 / 0.533 / 0.508, fresh 0.133 / 0.542 / 0.217; gain 0.208.
+    # Measured (seeds 1, 2, 3): from stage 1 0.325 / 0.467 / 0.358, fresh 0.133 / 0.133 / 0.133; gain 0.250
+    # (with the LLM of the corpus before the audio captions: 0.475 / 0.533 / 0.508 against 0.133 / 0.542 / 0.217).
     # The fresh arm varies a lot between seeds, so the bar sits at half the measured gain (the issue asks 0.05).
     assert gain >= 0.10, accuracy

@@ -28,7 +28,7 @@ from vlmkit.data.records import IMAGE_TOKEN
 
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 NUMERALS = [str(d) for d in range(10)]
-FORMAT_VERSION = 2  # 2: the LM pretraining corpus lm_corpus_{train,eval}.txt
+FORMAT_VERSION = 3  # 2: the LM pretraining corpus lm_corpus_{train,eval}.txt; 3: it covers the audio captions
 MANIFEST = "manifest.json"
 COMPLETE_MARKER = "BUILD_COMPLETE"
 

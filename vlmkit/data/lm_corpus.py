@@ -2,7 +2,8 @@
 
 Documents (separated by blank lines in `lm_corpus_{train,eval}.txt`) are drawn from a seeded generator:
 captions, questions and answers about digits in many phrasings, chat-formatted exchanges in the ChatML form
-the later stages use (with the digit named in the user turn where an image or a recording will stand), and
+the later stages use (with the digit named in the user turn where an image or a recording will stand; the
+image and audio stage-1 captions and instructions and stage-2 questions all appear), and
 general sentences (counting, parity, sums, order). There is no image or audio in text, so no held-out label
 can leak: "a handwritten seven" says nothing about which eval image shows a seven.
 
@@ -27,6 +28,7 @@ from vlmkit.data.digits import (
     STAGE1_INSTRUCTIONS,
     rng_for,
 )
+from vlmkit.data.spoken_digits import AUDIO_CAPTIONS, AUDIO_QUESTIONS, AUDIO_STAGE1_INSTRUCTIONS
 
 EXTRA_CAPTIONS = [
     "A picture of a handwritten {w}.",
@@ -37,13 +39,18 @@ EXTRA_CAPTIONS = [
     "A white {w}.",
     "The handwritten number {w}.",
 ]
+# The audio stage-1 captions and stage-2 questions themselves, plus a few more phrasings.
 SPOKEN_CAPTIONS = [
+    *AUDIO_CAPTIONS,
     "A recording of someone saying {w}.",
     "The spoken digit {w}.",
     "A voice says {w}.",
     "Someone says the number {w}.",
 ]
-SPOKEN_QUESTIONS = ["Which digit is spoken?", "What number do you hear?", "Transcribe the audio."]
+SPOKEN_QUESTIONS = [*AUDIO_QUESTIONS, "Transcribe the audio."]
+DESCRIBE_AUDIO = [s.replace("{token}", "").strip() for s in AUDIO_STAGE1_INSTRUCTIONS if s != "{token}"]
+# How the user turn names the digit where the recording will stand.
+SPOKEN_MENTIONS = ["{w}", "the word {w}", "a voice saying {w}", "someone says {w}", "the spoken digit {w}"]
 DESCRIBE = [s.replace("{token}", "").strip() for s in STAGE1_INSTRUCTIONS if s != "{token}"]
 # How the user turn names the digit where the media will stand. Each puts the digit after a space, the form
 # captions use, so the model learns to carry it from the prompt into the answer.
@@ -94,10 +101,19 @@ def doc_chat_question(rng, d: int) -> str:
 
 
 def doc_spoken(rng, d: int) -> str:
-    """Audio-shaped text: the spoken digit named, a question or a caption."""
-    if rng.random() < 0.5:
+    """Audio-shaped text: a spoken-digit caption alone, or the digit named where the recording will stand,
+    then an audio stage-1 instruction and caption or an audio stage-2 question and answer."""
+    kind = rng.random()
+    if kind < 0.3:
         return _fill(_pick(rng, SPOKEN_CAPTIONS), d)
-    user = f"{DIGIT_WORDS[d]}\n{_pick(rng, SPOKEN_QUESTIONS)}"
+    mention = _fill(_pick(rng, SPOKEN_MENTIONS), d)
+    if kind < 0.65:
+        instruction = _pick(rng, ["", *DESCRIBE_AUDIO])
+        user = (
+            _pick(rng, [f"{mention}\n{instruction}", f"{instruction}\n{mention}"]) if instruction else mention
+        )
+        return _im("user", user) + "\n" + _im("assistant", _fill(_pick(rng, SPOKEN_CAPTIONS), d))
+    user = f"{mention}\n{_pick(rng, SPOKEN_QUESTIONS)}"
     return _im("user", user) + "\n" + _im("assistant", _pick(rng, [DIGIT_WORDS[d], NUMERALS[d]]))
 
 
@@ -122,10 +138,10 @@ def doc_general(rng, d: int) -> str:
 
 
 DOC_KINDS: list[tuple[float, Callable[[np.random.Generator, int], str]]] = [
-    (0.25, doc_captions),
-    (0.4, doc_chat_caption),
+    (0.2, doc_captions),
+    (0.35, doc_chat_caption),
     (0.15, doc_chat_question),
-    (0.1, doc_spoken),
+    (0.2, doc_spoken),
     (0.1, doc_general),
 ]
 

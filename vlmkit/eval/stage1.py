@@ -3,7 +3,9 @@
 Four held-out measurements on caption data (one media item per sample):
 - `eval_image_gain`: caption loss with mismatched media (each batch's media rolled by one, so every caption
   meets another item's image or recording) minus with the right media, nats per caption token. Zero means the
-  LLM ignores the media; it is the information the connector passes on.
+  LLM ignores the media; it is the information the connector passes on. Every caption token counts, so a
+  caption whose only media-dependent token is the digit spreads that token's gain over the whole caption;
+  `eval_image_gain_per_caption` is the same difference summed over each caption (nats per caption).
 - `eval_loss_text_only`: caption loss with the media tokens removed from the prompt, the frozen LLM's own
   text-only prior on the captions (the baseline `eval_loss` must beat).
 - `eval_media_feature_cosine`: mean pairwise cosine similarity of the connector outputs (mean-pooled over
@@ -79,7 +81,7 @@ def evaluate_alignment(
     device = next(model.parameters()).device
     pad_id = processor.tokenizer.pad_token_id
     sums = {"right": 0.0, "mismatched": 0.0, "text_only": 0.0}
-    tokens, pooled = 0, []
+    tokens, captions, pooled = 0, 0, []
     for batch in DataLoader(eval_set, batch_size=batch_size, collate_fn=collate_fn):
         if batch.get("empty") or batch["media"] is None or batch["input_ids"].shape[0] < 2:
             continue
@@ -93,6 +95,7 @@ def evaluate_alignment(
         text_only = without_media_tokens(batch, model.config.media_token_id, pad_id)
         sums["text_only"] += float(sft_loss(model, text_only)[0])
         tokens += count_supervised_tokens(batch)
+        captions += batch["input_ids"].shape[0]
     if tokens == 0:
         raise ValueError("no eval batch with two or more media items: cannot measure the media gain")
     loss = {k: v / tokens for k, v in sums.items()}
@@ -101,6 +104,7 @@ def evaluate_alignment(
         "eval_loss_mismatched_media": loss["mismatched"],
         "eval_loss_text_only": loss["text_only"],
         "eval_image_gain": loss["mismatched"] - loss["right"],
+        "eval_image_gain_per_caption": (sums["mismatched"] - sums["right"]) / captions,
         "eval_media_feature_cosine": mean_pairwise_cosine(torch.cat(pooled)),
     }
     if samples:
