@@ -46,6 +46,13 @@ class ActorCritic(nn.Module):
         self.critic = critic
 
     @property
+    def policy_kind(self):
+        """The policy's `VLMKind` (composite or native): how it is run."""
+        from vlmkit.training.vlm_kinds import kind_of_model
+
+        return kind_of_model(self.policy)
+
+    @property
     def kind(self) -> str:
         if self.value_head is not None:
             return "policy_head"
@@ -60,6 +67,7 @@ class ActorCritic(nn.Module):
         media_features: Tensor | None = None,
         with_values: bool = True,
         logits_to_keep: int = 0,
+        **media_inputs: Tensor,
     ) -> tuple[Tensor, Tensor | None]:
         """Policy logits (B, L, V) and values (B, L) float32 (None when `with_values` is False).
 
@@ -67,15 +75,16 @@ class ActorCritic(nn.Module):
         still cover every position.
 
         `media_features` (n, N, D_enc) are the policy encoder's cached outputs; the critic, whose encoder
-        may differ, always reads `media`.
+        may differ, always reads `media`. `media_inputs`: a native VLM's processor inputs (pixel_values...).
         """
         if with_values and self.kind == "none":
             raise ValueError("this policy has no value model: call it with with_values=False")
         want_hidden = with_values and self.value_head is not None
-        out = self.policy(
-            input_ids, attention_mask, None if media_features is not None else media, media_features,
-            position_ids=position_ids, output_hidden_states=want_hidden, logits_to_keep=logits_to_keep,
-        )  # fmt: skip
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, media=media,
+                      media_features=media_features, **media_inputs)  # fmt: skip
+        out = self.policy_kind.policy_forward(
+            self.policy, inputs, logits_to_keep=logits_to_keep, output_hidden_states=want_hidden
+        )
         if not with_values:
             return out.logits, None
         if self.value_head is not None:
@@ -100,9 +109,11 @@ def critic_values(
     return critic.score_head(hidden.to(critic.score_head.weight.dtype)).squeeze(-1).float()
 
 
-def new_value_head(policy: VLM) -> nn.Linear:
+def new_value_head(policy: nn.Module) -> nn.Linear:
     """Linear(H, 1) initialised to zero: every value starts at 0, so early advantages are the rewards."""
-    hidden = policy.language_model.get_input_embeddings().embedding_dim
+    from vlmkit.training.vlm_kinds import kind_of_model
+
+    hidden = kind_of_model(policy).hidden_size(policy)
     head = nn.Linear(hidden, 1)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
@@ -202,7 +213,9 @@ def frozen_reference(policy: nn.Module, build_again, accelerator) -> nn.Module |
 
     Under ZeRO-3 the parameters are partitioned, so `build_again()` loads the checkpoint once more instead.
     """
-    if policy.is_peft:
+    from vlmkit.training.vlm_kinds import kind_of_model
+
+    if kind_of_model(policy).is_peft(policy):
         return None
     return build_again() if is_zero3(accelerator) else copy.deepcopy(policy)
 
@@ -218,14 +231,16 @@ def reference_logits(
     `reference` module, the reference is the policy with its adapters disabled (peft's `disable_adapter()`):
     no second copy of the weights exists, and the connector stays frozen so nothing else differs.
     """
+    from vlmkit.training.vlm_kinds import kind_of_model
+
+    kind = kind_of_model(policy)
     if reference is not None:
-        features = inputs.get("media_features")
-        return reference(
-            inputs["input_ids"], inputs["attention_mask"], None if features is not None else inputs["media"],
-            features, position_ids=inputs["position_ids"], logits_to_keep=inputs.get("logits_to_keep", 0),
-        ).logits  # fmt: skip
-    if not policy.is_peft:
+        model_inputs = {k: v for k, v in inputs.items() if k != "logits_to_keep"}
+        return kind.policy_forward(
+            reference, model_inputs, logits_to_keep=inputs.get("logits_to_keep", 0)
+        ).logits
+    if not kind.is_peft(policy):
         raise ValueError("a full fine-tuning policy needs a separate frozen reference model")
-    with policy.language_model.disable_adapter():
+    with kind.adapters_disabled(policy):
         logits, _ = model(**inputs, with_values=False)
     return logits

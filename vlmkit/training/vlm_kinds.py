@@ -12,6 +12,8 @@ A recipe asks `vlm_kind(cfg)` for the kind its `--model_name_or_path` names and 
     pairs, collate = kind.preference_data(cfg, cfg.data_path, processor, skips)   # reward model, DPO
     model = kind.load(out_dir)                   # a saved output, for evaluation or the next stage
     model, processor = kind_of_path(out_dir).load_checkpoint(out_dir)    # for inference (vlmkit generate)
+    # RL (vlmkit.rlhf): prompt_batch, generate_rollout, policy_forward, never_sampled, is_peft,
+    # adapters_disabled, same_in_train_and_eval, hidden_size, build_reference
 
 - Composite (`vlmkit.models.vlm.VLM`): encoder + connector + causal LM, built from parts or loaded from a
   directory with vlmkit_config.json; its `VLMProcessor` tokenizes with vlmkit's own media placeholders.
@@ -19,6 +21,10 @@ A recipe asks `vlm_kind(cfg)` for the kind its `--model_name_or_path` names and 
   checkpoint directory, Hub name or `vlmkit-tiny/native-<family>`; its processor is a `NativeEncoder`
   (the model's own processor and chat template, assistant-only labels). Packing and feature caching are
   not offered for it yet and are refused with a clear error.
+
+The RL trainers ask `kind_of_model(policy)` for the same interface's RL part: prompts to a `Rollout`,
+generation, the log-prob forward pass (with the processor's media inputs for a native model), the tokens
+never sampled, and the LoRA reference (adapters disabled).
 
 Both processors have `tokenizer` and `save_pretrained`, and `vlmkit.eval.answers.generate_answers` runs both
 kinds, so held-out accuracy and RL rollouts need no branch either.
@@ -139,6 +145,50 @@ class CompositeKind:
     def load_checkpoint(self, path: str) -> tuple[VLM, object]:
         return load_vlm(path)
 
+    # ---- RL ------------------------------------------------------------------------------------------
+    def build_reference(self, cfg) -> nn.Module:
+        """The starting policy once more, frozen (a ZeRO-3 reference cannot be a copy)."""
+        return build_vlm(cfg, None, is_trainable=False)[0]
+
+    def is_peft(self, policy: nn.Module) -> bool:
+        return policy.is_peft
+
+    def adapters_disabled(self, policy: nn.Module):
+        """Context in which a LoRA policy computes its starting weights' outputs."""
+        return policy.language_model.disable_adapter()
+
+    def never_sampled(self, policy: nn.Module, processor) -> int:
+        """The media placeholder (`VLM.generate` never samples it)."""
+        return policy.config.media_token_id
+
+    def same_in_train_and_eval(self, policy: nn.Module) -> bool:
+        from vlmkit.rlhf.rl_trainer import same_in_train_and_eval
+
+        return same_in_train_and_eval(policy)
+
+    def hidden_size(self, policy: nn.Module) -> int:
+        return policy.language_model.get_input_embeddings().embedding_dim
+
+    def prompt_batch(self, samples, processor, device, policy: nn.Module):
+        from vlmkit.rlhf.rollout import make_prompt_batch
+
+        return make_prompt_batch(samples, processor, device)
+
+    def generate_rollout(self, policy: nn.Module, batch, tokenizer, **sampling):
+        from vlmkit.rlhf.rollout import generate_rollout
+
+        return generate_rollout(policy, batch, tokenizer, **sampling)
+
+    def policy_forward(self, policy: nn.Module, inputs: dict, *, logits_to_keep: int = 0,
+                       output_hidden_states: bool = False):  # fmt: skip
+        """`policy`'s output on `Rollout.model_inputs()` (cached encoder features used when present)."""
+        features = inputs.get("media_features")
+        return policy(
+            inputs["input_ids"], inputs["attention_mask"], None if features is not None else inputs.get("media"),
+            features, position_ids=inputs.get("position_ids"), output_hidden_states=output_hidden_states,
+            logits_to_keep=logits_to_keep,
+        )  # fmt: skip
+
 
 class NativeKind:
     """A transformers image-text model (`AutoModelForImageTextToText`) with its own processor."""
@@ -238,6 +288,55 @@ class NativeKind:
     def load_checkpoint(self, path: str) -> tuple[nn.Module, NativeEncoder]:
         model, processor = load_native_checkpoint(path)
         return model, NativeEncoder(processor, model.config.model_type)
+
+    # ---- RL ------------------------------------------------------------------------------------------
+    def build_reference(self, cfg) -> nn.Module:
+        path = resolve_model_path(cfg.model_name_or_path)
+        return load_native_vlm(path, trust_remote_code=cfg.trust_remote_code)[0]
+
+    def is_peft(self, policy: nn.Module) -> bool:
+        return hasattr(policy, "peft_config")
+
+    def adapters_disabled(self, policy: nn.Module):
+        """peft's `disable_adapter()`: LoRA and modules_to_save copies off."""
+        return policy.disable_adapter()
+
+    def never_sampled(self, policy: nn.Module, processor: NativeEncoder) -> list[int]:
+        """The processor's media tokens (image token, vision start/end...)."""
+        return sorted(processor.media_token_ids)
+
+    def same_in_train_and_eval(self, policy: nn.Module) -> bool:
+        """No active dropout module, no activation checkpointing, no attention dropout."""
+        for m in policy.modules():
+            if (isinstance(m, nn.Dropout) and m.p > 0) or getattr(m, "gradient_checkpointing", False) is True:
+                return False
+        config = policy.config
+        return not getattr(getattr(config, "text_config", config), "attention_dropout", 0.0)
+
+    def hidden_size(self, policy: nn.Module) -> int:
+        return policy.get_input_embeddings().embedding_dim
+
+    def prompt_batch(self, samples, processor: NativeEncoder, device, policy: nn.Module):
+        from vlmkit.rlhf.native_rollout import native_prompt_batch, stop_token_ids
+
+        return native_prompt_batch(samples, processor, device, stop_token_ids(policy, processor))
+
+    def generate_rollout(self, policy: nn.Module, batch, tokenizer, **sampling):
+        from vlmkit.rlhf.native_rollout import native_generate_rollout
+
+        return native_generate_rollout(policy, batch, tokenizer, **sampling)
+
+    def policy_forward(self, policy: nn.Module, inputs: dict, *, logits_to_keep: int = 0,
+                       output_hidden_states: bool = False):  # fmt: skip
+        """`policy`'s output on `Rollout.model_inputs()`: the processor's media inputs, and position ids
+        counting real tokens only (as `generate` numbers a left-padded prompt), except for M-RoPE families
+        (Qwen2-VL), which compute their 3-D positions from the attention mask and image grid themselves."""
+        kwargs = {k: v for k, v in inputs.items() if k not in ("media", "media_features") and v is not None}
+        base = policy.get_base_model() if self.is_peft(policy) else policy
+        if hasattr(getattr(base, "model", base), "get_rope_index"):
+            kwargs.pop("position_ids", None)
+        return policy(**kwargs, logits_to_keep=logits_to_keep, output_hidden_states=output_hidden_states,
+                      use_cache=False)  # fmt: skip
 
 
 COMPOSITE, NATIVE = CompositeKind(), NativeKind()

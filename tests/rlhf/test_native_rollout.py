@@ -1,0 +1,88 @@
+"""RL rollouts of native transformers VLMs (tiny Qwen2-VL and LLaVA stand-ins) through the RL trainer: the
+sampling log-probs equal the trainer's recomputed ones (media tokens excluded, Qwen2-VL's M-RoPE positions and
+LLaVA's left-padded positions as `generate` numbers them), sub-rollouts carry their rows' media, and the LoRA
+reference is the policy with its adapters off."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vlmkit.config.grpo import GRPOConfig
+from vlmkit.data.records import Sample, Turn
+from vlmkit.rlhf.grpo_trainer import GRPOTrainer
+from vlmkit.rlhf.rewards import FunctionReward, RewardSet
+from vlmkit.rlhf.rollout import hf_generate
+from vlmkit.rlhf.value_model import ActorCritic, frozen_reference
+from vlmkit.training.accelerator import make_accelerator
+from vlmkit.training.vlm_kinds import NATIVE, vlm_kind
+
+G = 2
+
+
+def _prompts(n: int = 4) -> list[Sample]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        image = Image.fromarray(rng.integers(0, 255, (28 + 8 * i, 28, 3), dtype=np.uint8), "RGB")
+        text = "<image>\nWhat digit is this?" if i % 2 == 0 else "Say a digit."  # images and text-only mixed
+        out.append(Sample([Turn("user", text), Turn("assistant", str(i))], [image] if i % 2 == 0 else []))
+    return out
+
+
+def length(completions, references, prompts):
+    return [float(len(c)) for c in completions]
+
+
+def make_trainer(family: str, tmp_path, **overrides) -> GRPOTrainer:
+    fields = dict(
+        model_name_or_path=f"vlmkit-tiny/native-{family}", reward_funcs=[f"{__name__}:length"],
+        output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=G, max_new_tokens=5,
+        learning_rate=1e-3, mixed_precision="no", report_to=["none"], seed=3, beta=0.04, temperature=0.7,
+    )  # fmt: skip
+    fields.update(overrides)
+    cfg = GRPOConfig(**fields)
+    accelerator = make_accelerator(output_dir=cfg.output_dir, mixed_precision="no")
+    kind = vlm_kind(cfg)
+    torch.manual_seed(0)
+    policy, processor = kind.build(cfg, tune_connector=not cfg.use_lora)
+    kind.set_trainable(policy, cfg, "instruct", tune_connector=not kind.is_peft(policy))
+    reference = frozen_reference(policy, None, accelerator) if cfg.beta > 0 else None
+    rewards = RewardSet([("length", 1.0, FunctionReward(length, "length"))])
+    return GRPOTrainer(
+        cfg, accelerator, ActorCritic(policy), processor, rewards, _prompts(), reference=reference
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_native_rollout_logprobs_equal_the_trainers_recomputed_ones(family, tmp_path):
+    trainer = make_trainer(family, tmp_path, use_lora=True, beta=0.04)
+    assert trainer.kind is NATIVE and trainer.reference is None and trainer.has_reference
+    batch = trainer.kind.prompt_batch(
+        trainer.prompts_for_step(0), trainer.processor, "cpu", trainer.bare.policy
+    )
+    torch.manual_seed(0)
+    rollout = hf_generate(trainer.bare.policy, batch, trainer.tokenizer, max_new_tokens=5, temperature=0.7,
+                          return_logprobs=True)  # fmt: skip
+    assert sorted(rollout.media_counts) == [0, 0, 1, 1] and "pixel_values" in rollout.model_inputs()
+    with torch.no_grad():
+        recomputed = trainer.forward(rollout)[0]
+    mask = rollout.response_mask
+    assert mask.sum() >= 8 and recomputed.shape == rollout.logprobs.shape
+    assert (rollout.logprobs[mask] - recomputed[mask]).abs().max() <= 1e-5
+    # a sub-rollout (a micro-batch) takes its own rows' media along
+    rows = [rollout.media_counts.index(0), rollout.media_counts.index(1)]  # text-only first, then an image
+    with torch.no_grad():
+        assert torch.allclose(trainer.forward(rollout.select(rows))[0], recomputed[rows], atol=1e-5)
+    # the LoRA reference is the policy with its adapters off: equal at the start, apart after an update
+    ref = trainer.ref_logprobs(rollout)
+    assert torch.allclose(ref[mask], recomputed[mask], atol=1e-5)
+    exp = trainer.make_experience(trainer.prompts_for_step(0))
+    trainer.update(exp, 0)
+    with torch.no_grad():
+        moved = trainer.forward(rollout)[0]
+    assert (moved[mask] - recomputed[mask]).abs().max() > 1e-4
+    assert torch.allclose(trainer.ref_logprobs(rollout)[mask], ref[mask], atol=1e-5)
