@@ -122,6 +122,7 @@ class RLTrainer(ABC):
         self.kind = self._bare.policy_kind  # composite or native: how the policy is run (vlm_kinds.VLMKind)
         self._same_in_eval = self.kind.same_in_train_and_eval(self._bare.policy)
         self.never_sampled = self.kind.never_sampled(self._bare.policy, processor)
+        self.stop_token_ids = self.kind.stop_token_ids(self._bare.policy, processor)  # what ends a response
         self.stepper = OptimizerStepper(
             accelerator, self.model, self.optimizer, max_grad_norm=cfg.max_grad_norm,
             max_bad_steps=cfg.max_bad_steps, output_dir=cfg.output_dir,

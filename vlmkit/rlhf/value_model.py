@@ -135,14 +135,22 @@ def load_critic(path: str | Path, lora=None) -> RewardModel:
 
 def build_actor_critic(policy: VLM, kind: str, *, critic_path: str | None = None, lora=None) -> ActorCritic:
     """Freeze/unfreeze for PPO and attach the value model `kind` (policy_head or reward_model)."""
+    from vlmkit.training.vlm_kinds import NATIVE, kind_of_model
+
     # With LoRA the reference is the policy with adapters off, so the connector must stay as it was.
-    set_trainable(policy, "instruct", tune_connector=not policy.is_peft)
+    policy_kind = kind_of_model(policy)
+    policy_kind.set_trainable(policy, None, "instruct", tune_connector=not policy_kind.is_peft(policy))
     if kind == "policy_head":
         model = ActorCritic(policy, value_head=new_value_head(policy))
     elif kind == "reward_model":
         if not critic_path:
             raise ValueError(
                 "value_model=reward_model needs a reward model (or VLM) directory to start the critic from"
+            )
+        if policy_kind is NATIVE:
+            raise ValueError(
+                "value_model=reward_model: a critic for a native transformers VLM policy is not available yet; "
+                "use value_model=policy_head (a value head on the policy)"
             )
         critic = load_critic(critic_path, lora)
         set_trainable(critic, "reward")

@@ -161,6 +161,10 @@ class CompositeKind:
         """The media placeholder (`VLM.generate` never samples it)."""
         return policy.config.media_token_id
 
+    def stop_token_ids(self, policy: nn.Module, processor) -> int:
+        """What ends a response: the tokenizer's EOS."""
+        return processor.tokenizer.eos_token_id
+
     def same_in_train_and_eval(self, policy: nn.Module) -> bool:
         from vlmkit.rlhf.rl_trainer import same_in_train_and_eval
 
@@ -305,6 +309,12 @@ class NativeKind:
         """The processor's media tokens (image token, vision start/end...)."""
         return sorted(processor.media_token_ids)
 
+    def stop_token_ids(self, policy: nn.Module, processor: NativeEncoder) -> list[int]:
+        """The end-of-turn token and the generation config's EOS ids."""
+        from vlmkit.rlhf.native_rollout import stop_token_ids
+
+        return stop_token_ids(policy, processor)
+
     def same_in_train_and_eval(self, policy: nn.Module) -> bool:
         """No active dropout module, no activation checkpointing, no attention dropout."""
         for m in policy.modules():
@@ -317,9 +327,9 @@ class NativeKind:
         return policy.get_input_embeddings().embedding_dim
 
     def prompt_batch(self, samples, processor: NativeEncoder, device, policy: nn.Module):
-        from vlmkit.rlhf.native_rollout import native_prompt_batch, stop_token_ids
+        from vlmkit.rlhf.native_rollout import native_prompt_batch
 
-        return native_prompt_batch(samples, processor, device, stop_token_ids(policy, processor))
+        return native_prompt_batch(samples, processor, device, self.stop_token_ids(policy, processor))
 
     def generate_rollout(self, policy: nn.Module, batch, tokenizer, **sampling):
         from vlmkit.rlhf.native_rollout import native_generate_rollout
