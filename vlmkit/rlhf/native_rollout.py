@@ -125,3 +125,17 @@ def native_generate_rollout(
         rollout.logprobs = sampling_logprobs(torch.stack(generated.logits, dim=1) / scale, rollout,
                                              native.never_sampled)  # fmt: skip
     return rollout
+
+
+def native_reward_inputs(
+    encoder: NativeEncoder, conversations: list[Sample], rollout: Rollout, device
+) -> dict:
+    """A native reward model's inputs: each conversation (prompt + decoded response) through its processor,
+    right-padded, media merged (`NativeCollator`)."""
+    items = []
+    for conversation in conversations:
+        encoded = encoder.encode(conversation)
+        encoded.pop("labels")
+        items.append(encoded)
+    batch = NativeCollator(encoder.tokenizer.pad_token_id, encoder.model_type)(items)
+    return {key: value.to(device) for key, value in batch.items()}

@@ -371,7 +371,8 @@ class RLTrainer(ABC):
         return metrics
 
     def save(self, out_dir: str | Path) -> None:
-        """The policy (full or adapter) in from_pretrained form + processor, and `value_model/` if any."""
+        """The policy (full or adapter) in from_pretrained form + processor, and `value_model/` if any (a
+        critic there is a reward model checkpoint with the processor files)."""
         acc = self.accelerator
         state = acc.get_state_dict(self.model)  # collective under ZeRO-3: every rank calls it
         if acc.is_main_process:
@@ -380,5 +381,7 @@ class RLTrainer(ABC):
             bare.policy.save_pretrained(out_dir, state_dict=policy_state)
             self.processor.save_pretrained(out_dir)
             if bare.kind != "none":
-                save_value_model(bare, out_dir, state)
+                value_dir = save_value_model(bare, out_dir, state)
+                if bare.kind == "reward_model":  # a reward model checkpoint, complete with its processor
+                    self.processor.save_pretrained(value_dir)
         acc.wait_for_everyone()

@@ -183,6 +183,24 @@ class CompositeKind:
 
         return generate_rollout(policy, batch, tokenizer, **sampling)
 
+    def reward_inputs(self, processor, conversations, rollout, device) -> dict:
+        """A reward model's inputs for `conversations` (prompts + decoded responses of `rollout`)."""
+        from vlmkit.rlhf.rewards import composite_reward_inputs
+
+        return composite_reward_inputs(processor, conversations, rollout, device)
+
+    def critic_values(self, critic: nn.Module, inputs: dict):
+        """A reward-model critic's head at every position of `Rollout.model_inputs()`: (B, L)."""
+        from vlmkit.rlhf.value_model import critic_values
+
+        return critic_values(critic, inputs["input_ids"], inputs["attention_mask"], inputs.get("position_ids"),
+                             inputs.get("media"))  # fmt: skip
+
+    def load_critic(self, path: str, lora=None) -> nn.Module:
+        from vlmkit.rlhf.value_model import load_critic
+
+        return load_critic(path, lora)
+
     def policy_forward(self, policy: nn.Module, inputs: dict, *, logits_to_keep: int = 0,
                        output_hidden_states: bool = False):  # fmt: skip
         """`policy`'s output on `Rollout.model_inputs()` (cached encoder features used when present)."""
@@ -336,17 +354,47 @@ class NativeKind:
 
         return native_generate_rollout(policy, batch, tokenizer, **sampling)
 
-    def policy_forward(self, policy: nn.Module, inputs: dict, *, logits_to_keep: int = 0,
-                       output_hidden_states: bool = False):  # fmt: skip
-        """`policy`'s output on `Rollout.model_inputs()`: the processor's media inputs, and position ids
+    def _forward_kwargs(self, model: nn.Module, inputs: dict) -> dict:
+        """`Rollout.model_inputs()` as `model` takes them: the processor's media inputs, and position ids
         counting real tokens only (as `generate` numbers a left-padded prompt), except for M-RoPE families
         (Qwen2-VL), which compute their 3-D positions from the attention mask and image grid themselves."""
         kwargs = {k: v for k, v in inputs.items() if k not in ("media", "media_features") and v is not None}
-        base = policy.get_base_model() if self.is_peft(policy) else policy
+        base = model.get_base_model() if self.is_peft(model) else model
         if hasattr(getattr(base, "model", base), "get_rope_index"):
             kwargs.pop("position_ids", None)
-        return policy(**kwargs, logits_to_keep=logits_to_keep, output_hidden_states=output_hidden_states,
-                      use_cache=False)  # fmt: skip
+        return kwargs
+
+    def policy_forward(self, policy: nn.Module, inputs: dict, *, logits_to_keep: int = 0,
+                       output_hidden_states: bool = False):  # fmt: skip
+        """`policy`'s output on `Rollout.model_inputs()` (see `_forward_kwargs`)."""
+        return policy(**self._forward_kwargs(policy, inputs), logits_to_keep=logits_to_keep,
+                      output_hidden_states=output_hidden_states, use_cache=False)  # fmt: skip
+
+    def reward_inputs(self, processor: NativeEncoder, conversations, rollout, device) -> dict:
+        from vlmkit.rlhf.native_rollout import native_reward_inputs
+
+        return native_reward_inputs(processor, conversations, rollout, device)
+
+    def critic_values(self, critic: nn.Module, inputs: dict):
+        """A `NativeRewardModel` critic's head at every position of `Rollout.model_inputs()`: (B, L)."""
+        return critic.values(**self._forward_kwargs(critic.vlm, inputs))
+
+    def load_critic(self, path: str, lora=None) -> nn.Module:
+        """A trainable critic from a native reward model directory, or from a native VLM with a fresh head
+        (LoRA on it when asked and it has none)."""
+        from vlmkit.rlhf.native_reward import HEAD_FILE, NativeRewardModel
+
+        if (Path(resolve_model_path(path)) / HEAD_FILE).is_file():
+            critic = NativeRewardModel.from_pretrained(resolve_model_path(path), is_trainable=True)
+        else:
+            critic = NativeRewardModel(load_native_vlm(resolve_model_path(path))[0])
+            logger.info("%s has no %s: the critic starts with a fresh score head", path, HEAD_FILE)
+        if lora is not None and lora.use_lora and not critic.is_peft:
+            critic.vlm = apply_native_lora(
+                critic.vlm, r=lora.lora_r, alpha=lora.lora_alpha, dropout=lora.lora_dropout,
+                target_modules=lora.lora_target_modules, modules_to_save=lora.lora_modules_to_save,
+            )  # fmt: skip
+        return critic
 
 
 COMPOSITE, NATIVE = CompositeKind(), NativeKind()
