@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(GRPOConfig, argv, prog="grpo", description=__doc__)
     run = Run(cfg, "grpo", hub=HUB)
     accelerator = run.accelerator
-    check_sft_baseline(cfg, accelerator, held_out=bool(cfg.eval_data_path))
+    check_sft_baseline(cfg, accelerator, held_out=bool(cfg.eval_data_path), rl=True)
 
     # The policy (full or LoRA; a vlmkit composite or a native transformers VLM) and, when the loss has a KL
     # term, the frozen reference it started from. With LoRA the connector stays as it was: the reference is

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(PPOConfig, argv, prog="ppo", description=__doc__)
     run = Run(cfg, "ppo", hub=HUB)
     accelerator = run.accelerator
-    check_sft_baseline(cfg, accelerator, held_out=bool(cfg.eval_data_path))
+    check_sft_baseline(cfg, accelerator, held_out=bool(cfg.eval_data_path), rl=True)
 
     # Policy (full or LoRA; a vlmkit composite or a native transformers VLM), the frozen reference it started
     # from, and the value model. With LoRA the connector stays as it was (the reference is adapters off).

@@ -86,3 +86,13 @@ def test_native_rollout_logprobs_equal_the_trainers_recomputed_ones(family, tmp_
         moved = trainer.forward(rollout)[0]
     assert (moved[mask] - recomputed[mask]).abs().max() > 1e-4
     assert torch.allclose(trainer.ref_logprobs(rollout)[mask], ref[mask], atol=1e-5)
+
+
+def test_the_rl_sft_baseline_is_refused_for_native_models_before_training(tmp_path):
+    from vlmkit.rlhf.sft_baseline import check_sft_baseline
+
+    cfg = GRPOConfig(model_name_or_path="vlmkit-tiny/native-qwen2_vl", reward_funcs=["digit_match"],
+                     output_dir=str(tmp_path), sft_baseline=True, report_to=["none"])  # fmt: skip
+    accelerator = make_accelerator(output_dir=cfg.output_dir, mixed_precision="no")
+    with pytest.raises(ValueError, match="native transformers VLMs.*--sft_baseline false"):
+        check_sft_baseline(cfg, accelerator, held_out=True, rl=True)

@@ -12,8 +12,7 @@ A recipe asks `vlm_kind(cfg)` for the kind its `--model_name_or_path` names and 
     pairs, collate = kind.preference_data(cfg, cfg.data_path, processor, skips)   # reward model, DPO
     model = kind.load(out_dir)                   # a saved output, for evaluation or the next stage
     model, processor = kind_of_path(out_dir).load_checkpoint(out_dir)    # for inference (vlmkit generate)
-    # RL (vlmkit.rlhf): prompt_batch, generate_rollout, policy_forward, never_sampled, is_peft,
-    # adapters_disabled, same_in_train_and_eval, hidden_size, build_reference
+    # RL (vlmkit.rlhf): prompt_batch, generate_rollout, policy_forward, ... (vlm_kinds_rl.RLKind)
 
 - Composite (`vlmkit.models.vlm.VLM`): encoder + connector + causal LM, built from parts or loaded from a
   directory with vlmkit_config.json; its `VLMProcessor` tokenizes with vlmkit's own media placeholders.
@@ -62,11 +61,12 @@ from vlmkit.training.native_parts import apply_native_lora, native_parts, set_na
 from vlmkit.training.native_preference import NativePreferenceCollator, NativePreferenceDataset
 from vlmkit.training.native_sft import NativeSFTDataset, native_sft_loss
 from vlmkit.training.train_data import build_train_data
+from vlmkit.training.vlm_kinds_rl import CompositeRL, NativeRL, RLKind
 
 logger = logging.getLogger(__name__)
 
 
-class VLMKind(Protocol):
+class VLMKind(RLKind, Protocol):
     """What a recipe does with a model, whatever kind it is (see the module docstring)."""
 
     name: str
@@ -106,7 +106,7 @@ def _tune_connector(cfg, tune_connector: bool | None) -> bool:
     return getattr(cfg, "tune_connector", True) if tune_connector is None else tune_connector
 
 
-class CompositeKind:
+class CompositeKind(CompositeRL):
     """vlmkit's own encoder + connector + causal LM (`vlmkit.models.vlm.VLM`)."""
 
     name = "composite"
@@ -145,74 +145,8 @@ class CompositeKind:
     def load_checkpoint(self, path: str) -> tuple[VLM, object]:
         return load_vlm(path)
 
-    # ---- RL ------------------------------------------------------------------------------------------
-    def build_reference(self, cfg) -> nn.Module:
-        """The starting policy once more, frozen (a ZeRO-3 reference cannot be a copy)."""
-        return build_vlm(cfg, None, is_trainable=False)[0]
 
-    def is_peft(self, policy: nn.Module) -> bool:
-        return policy.is_peft
-
-    def adapters_disabled(self, policy: nn.Module):
-        """Context in which a LoRA policy computes its starting weights' outputs."""
-        return policy.language_model.disable_adapter()
-
-    def never_sampled(self, policy: nn.Module, processor) -> int:
-        """The media placeholder (`VLM.generate` never samples it)."""
-        return policy.config.media_token_id
-
-    def stop_token_ids(self, policy: nn.Module, processor) -> int:
-        """What ends a response: the tokenizer's EOS."""
-        return processor.tokenizer.eos_token_id
-
-    def same_in_train_and_eval(self, policy: nn.Module) -> bool:
-        from vlmkit.rlhf.rl_trainer import same_in_train_and_eval
-
-        return same_in_train_and_eval(policy)
-
-    def hidden_size(self, policy: nn.Module) -> int:
-        return policy.language_model.get_input_embeddings().embedding_dim
-
-    def prompt_batch(self, samples, processor, device, policy: nn.Module):
-        from vlmkit.rlhf.rollout import make_prompt_batch
-
-        return make_prompt_batch(samples, processor, device)
-
-    def generate_rollout(self, policy: nn.Module, batch, tokenizer, **sampling):
-        from vlmkit.rlhf.rollout import generate_rollout
-
-        return generate_rollout(policy, batch, tokenizer, **sampling)
-
-    def reward_inputs(self, processor, conversations, rollout, device) -> dict:
-        """A reward model's inputs for `conversations` (prompts + decoded responses of `rollout`)."""
-        from vlmkit.rlhf.rewards import composite_reward_inputs
-
-        return composite_reward_inputs(processor, conversations, rollout, device)
-
-    def critic_values(self, critic: nn.Module, inputs: dict):
-        """A reward-model critic's head at every position of `Rollout.model_inputs()`: (B, L)."""
-        from vlmkit.rlhf.value_model import critic_values
-
-        return critic_values(critic, inputs["input_ids"], inputs["attention_mask"], inputs.get("position_ids"),
-                             inputs.get("media"))  # fmt: skip
-
-    def load_critic(self, path: str, lora=None) -> nn.Module:
-        from vlmkit.rlhf.value_model import load_critic
-
-        return load_critic(path, lora)
-
-    def policy_forward(self, policy: nn.Module, inputs: dict, *, logits_to_keep: int = 0,
-                       output_hidden_states: bool = False):  # fmt: skip
-        """`policy`'s output on `Rollout.model_inputs()` (cached encoder features used when present)."""
-        features = inputs.get("media_features")
-        return policy(
-            inputs["input_ids"], inputs["attention_mask"], None if features is not None else inputs.get("media"),
-            features, position_ids=inputs.get("position_ids"), output_hidden_states=output_hidden_states,
-            logits_to_keep=logits_to_keep,
-        )  # fmt: skip
-
-
-class NativeKind:
+class NativeKind(NativeRL):
     """A transformers image-text model (`AutoModelForImageTextToText`) with its own processor."""
 
     name = "native"
@@ -310,91 +244,6 @@ class NativeKind:
     def load_checkpoint(self, path: str) -> tuple[nn.Module, NativeEncoder]:
         model, processor = load_native_checkpoint(path)
         return model, NativeEncoder(processor, model.config.model_type)
-
-    # ---- RL ------------------------------------------------------------------------------------------
-    def build_reference(self, cfg) -> nn.Module:
-        path = resolve_model_path(cfg.model_name_or_path)
-        return load_native_vlm(path, trust_remote_code=cfg.trust_remote_code)[0]
-
-    def is_peft(self, policy: nn.Module) -> bool:
-        return hasattr(policy, "peft_config")
-
-    def adapters_disabled(self, policy: nn.Module):
-        """peft's `disable_adapter()`: LoRA and modules_to_save copies off."""
-        return policy.disable_adapter()
-
-    def never_sampled(self, policy: nn.Module, processor: NativeEncoder) -> list[int]:
-        """The processor's media tokens (image token, vision start/end...)."""
-        return sorted(processor.media_token_ids)
-
-    def stop_token_ids(self, policy: nn.Module, processor: NativeEncoder) -> list[int]:
-        """The end-of-turn token and the generation config's EOS ids."""
-        from vlmkit.rlhf.native_rollout import stop_token_ids
-
-        return stop_token_ids(policy, processor)
-
-    def same_in_train_and_eval(self, policy: nn.Module) -> bool:
-        """No active dropout module, no activation checkpointing, no attention dropout."""
-        for m in policy.modules():
-            if (isinstance(m, nn.Dropout) and m.p > 0) or getattr(m, "gradient_checkpointing", False) is True:
-                return False
-        config = policy.config
-        return not getattr(getattr(config, "text_config", config), "attention_dropout", 0.0)
-
-    def hidden_size(self, policy: nn.Module) -> int:
-        return policy.get_input_embeddings().embedding_dim
-
-    def prompt_batch(self, samples, processor: NativeEncoder, device, policy: nn.Module):
-        from vlmkit.rlhf.native_rollout import native_prompt_batch
-
-        return native_prompt_batch(samples, processor, device, self.stop_token_ids(policy, processor))
-
-    def generate_rollout(self, policy: nn.Module, batch, tokenizer, **sampling):
-        from vlmkit.rlhf.native_rollout import native_generate_rollout
-
-        return native_generate_rollout(policy, batch, tokenizer, **sampling)
-
-    def _forward_kwargs(self, model: nn.Module, inputs: dict) -> dict:
-        """`Rollout.model_inputs()` as `model` takes them: the processor's media inputs, and position ids
-        counting real tokens only (as `generate` numbers a left-padded prompt), except for M-RoPE families
-        (Qwen2-VL), which compute their 3-D positions from the attention mask and image grid themselves."""
-        kwargs = {k: v for k, v in inputs.items() if k not in ("media", "media_features") and v is not None}
-        base = model.get_base_model() if self.is_peft(model) else model
-        if hasattr(getattr(base, "model", base), "get_rope_index"):
-            kwargs.pop("position_ids", None)
-        return kwargs
-
-    def policy_forward(self, policy: nn.Module, inputs: dict, *, logits_to_keep: int = 0,
-                       output_hidden_states: bool = False):  # fmt: skip
-        """`policy`'s output on `Rollout.model_inputs()` (see `_forward_kwargs`)."""
-        return policy(**self._forward_kwargs(policy, inputs), logits_to_keep=logits_to_keep,
-                      output_hidden_states=output_hidden_states, use_cache=False)  # fmt: skip
-
-    def reward_inputs(self, processor: NativeEncoder, conversations, rollout, device) -> dict:
-        from vlmkit.rlhf.native_rollout import native_reward_inputs
-
-        return native_reward_inputs(processor, conversations, rollout, device)
-
-    def critic_values(self, critic: nn.Module, inputs: dict):
-        """A `NativeRewardModel` critic's head at every position of `Rollout.model_inputs()`: (B, L)."""
-        return critic.values(**self._forward_kwargs(critic.vlm, inputs))
-
-    def load_critic(self, path: str, lora=None) -> nn.Module:
-        """A trainable critic from a native reward model directory, or from a native VLM with a fresh head
-        (LoRA on it when asked and it has none)."""
-        from vlmkit.rlhf.native_reward import HEAD_FILE, NativeRewardModel
-
-        if (Path(resolve_model_path(path)) / HEAD_FILE).is_file():
-            critic = NativeRewardModel.from_pretrained(resolve_model_path(path), is_trainable=True)
-        else:
-            critic = NativeRewardModel(load_native_vlm(resolve_model_path(path))[0])
-            logger.info("%s has no %s: the critic starts with a fresh score head", path, HEAD_FILE)
-        if lora is not None and lora.use_lora and not critic.is_peft:
-            critic.vlm = apply_native_lora(
-                critic.vlm, r=lora.lora_r, alpha=lora.lora_alpha, dropout=lora.lora_dropout,
-                target_modules=lora.lora_target_modules, modules_to_save=lora.lora_modules_to_save,
-            )  # fmt: skip
-        return critic
 
 
 COMPOSITE, NATIVE = CompositeKind(), NativeKind()
