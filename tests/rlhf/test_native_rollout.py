@@ -96,3 +96,29 @@ def test_the_rl_sft_baseline_is_refused_for_native_models_before_training(tmp_pa
     accelerator = make_accelerator(output_dir=cfg.output_dir, mixed_precision="no")
     with pytest.raises(ValueError, match="native transformers VLMs.*--sft_baseline false"):
         check_sft_baseline(cfg, accelerator, held_out=True, rl=True)
+
+
+@pytest.mark.slow
+def test_a_composite_reward_model_scores_native_rollouts_with_their_images():
+    """The reward model re-encodes prompt + response with its own processor, so it may be of the other kind: a
+    native rollout carries its decoded images for it, and scores as a composite rollout of the same texts."""
+    from vlmkit.config.args import ModelArgs
+    from vlmkit.models.build import build_vlm
+    from vlmkit.models.model_paths import resolve_model_path
+    from vlmkit.rlhf.reward_model import RewardModel
+    from vlmkit.rlhf.rewards import ModelReward
+    from vlmkit.rlhf.rollout import make_prompt_batch
+
+    torch.manual_seed(0)
+    policy, encoder = NATIVE.load_checkpoint(resolve_model_path("vlmkit-tiny/native-qwen2_vl"))
+    samples = _prompts()
+    batch = NATIVE.prompt_batch(samples, encoder, "cpu", policy)
+    rollout = hf_generate(policy, batch, encoder.tokenizer, max_new_tokens=3)
+    assert len(rollout.media_items) == 2 and len(rollout.select([0]).media_items) == 1
+    vlm, processor = build_vlm(
+        ModelArgs(vision_tower="vlmkit-tiny/clip-vision", language_model="vlmkit-tiny/llama")
+    )
+    reward = ModelReward(RewardModel(vlm).eval(), processor)
+    same_texts = make_prompt_batch(samples, processor, "cpu")
+    same_texts.texts = rollout.texts
+    assert torch.allclose(reward(rollout), reward(same_texts))

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from vlmkit.data.prompts import left_padded_batch
 from vlmkit.data.records import Sample
+from vlmkit.data.sft_dataset import load_media_item
 from vlmkit.models.native.collate import NativeCollator
 from vlmkit.models.native.encoding import SEQUENCE_KEYS, NativeEncoder
 from vlmkit.rlhf.rollout import Rollout, sampling_logprobs, truncate_after_eos
@@ -75,10 +76,14 @@ def native_prompt_batch(
                                   device)  # fmt: skip
     native = NativePrompts(inputs, encoder.model_type, encoder.tokenizer.pad_token_id, stop_ids,
                            sorted(encoder.media_token_ids))  # fmt: skip
+    # The decoded images too, in row order: a reward model with its own processor (a composite one) reads them.
+    images = {key: [load_media_item(m, modality="image", source=s.source, index=s.index) for m in s.images]
+              for key, s in unique.items()}  # fmt: skip
     empty = torch.zeros(len(samples), 0, dtype=torch.long, device=device)
     return Rollout(
         ids, mask, empty, empty.bool(), torch.zeros(len(samples), dtype=torch.bool, device=device), None,
-        [len(s.images) for s in samples], [], list(samples), [ref for _, ref in prepared], native=native,
+        [len(s.images) for s in samples], [m for s in samples for m in images[id(s)]], list(samples),
+        [ref for _, ref in prepared], native=native,
     )  # fmt: skip
 
 
