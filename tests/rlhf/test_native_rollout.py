@@ -22,13 +22,15 @@ from vlmkit.training.vlm_kinds import NATIVE, vlm_kind
 G = 2
 
 
-def _prompts(n: int = 4) -> list[Sample]:
+def _prompts(n: int = 4, text_only: bool = True) -> list[Sample]:
+    """Images of different sizes and (`text_only`) text-only prompts mixed."""
     rng = np.random.default_rng(0)
     out = []
     for i in range(n):
         image = Image.fromarray(rng.integers(0, 255, (28 + 8 * i, 28, 3), dtype=np.uint8), "RGB")
-        text = "<image>\nWhat digit is this?" if i % 2 == 0 else "Say a digit."  # images and text-only mixed
-        out.append(Sample([Turn("user", text), Turn("assistant", str(i))], [image] if i % 2 == 0 else []))
+        with_image = i % 2 == 0 or not text_only
+        text = "<image>\nWhat digit is this?" if with_image else "Say a digit."
+        out.append(Sample([Turn("user", text), Turn("assistant", str(i))], [image] if with_image else []))
     return out
 
 
@@ -36,7 +38,7 @@ def length(completions, references, prompts):
     return [float(len(c)) for c in completions]
 
 
-def make_trainer(family: str, tmp_path, **overrides) -> GRPOTrainer:
+def make_trainer(family: str, tmp_path, prompts: list[Sample] | None = None, **overrides) -> GRPOTrainer:
     fields = dict(
         model_name_or_path=f"vlmkit-tiny/native-{family}", reward_funcs=[f"{__name__}:length"],
         output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=G, max_new_tokens=5,
@@ -51,8 +53,9 @@ def make_trainer(family: str, tmp_path, **overrides) -> GRPOTrainer:
     kind.set_trainable(policy, cfg, "instruct", tune_connector=not kind.is_peft(policy))
     reference = frozen_reference(policy, None, accelerator) if cfg.beta > 0 else None
     rewards = RewardSet([("length", 1.0, FunctionReward(length, "length"))])
+    prompts = prompts or _prompts()
     return GRPOTrainer(
-        cfg, accelerator, ActorCritic(policy), processor, rewards, _prompts(), reference=reference
+        cfg, accelerator, ActorCritic(policy), processor, rewards, prompts, reference=reference
     )
 
 
@@ -86,6 +89,28 @@ def test_native_rollout_logprobs_equal_the_trainers_recomputed_ones(family, tmp_
         moved = trainer.forward(rollout)[0]
     assert (moved[mask] - recomputed[mask]).abs().max() > 1e-4
     assert torch.allclose(trainer.ref_logprobs(rollout)[mask], ref[mask], atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "family", ["llava_next", "llava_onevision", "qwen2_5_vl", "idefics3", "paligemma", "gemma3"]
+)
+def test_every_native_family_samples_what_the_trainer_scores(family, tmp_path):
+    """Any-res patches, image splitting, token types: each family's media inputs reach both passes alike."""
+    prompts = _prompts(text_only=family != "paligemma")  # PaliGemma needs an image in every prompt
+    trainer = make_trainer(family, tmp_path, prompts, use_lora=True)
+    batch = trainer.kind.prompt_batch(
+        trainer.prompts_for_step(0), trainer.processor, "cpu", trainer.bare.policy
+    )
+    torch.manual_seed(0)
+    rollout = hf_generate(trainer.bare.policy, batch, trainer.tokenizer, max_new_tokens=4, temperature=0.7,
+                          return_logprobs=True)  # fmt: skip
+    with torch.no_grad():
+        recomputed = trainer.forward(rollout)[0]
+        first = trainer.forward(rollout.select([0]))[0]
+    mask = rollout.response_mask
+    assert mask.sum() >= 4 and (rollout.logprobs[mask] - recomputed[mask]).abs().max() <= 1e-5
+    assert torch.allclose(first, recomputed[[0]], atol=1e-5)
 
 
 def test_the_rl_sft_baseline_is_refused_for_native_models_before_training(tmp_path):
