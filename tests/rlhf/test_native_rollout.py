@@ -147,3 +147,15 @@ def test_a_composite_reward_model_scores_native_rollouts_with_their_images():
     same_texts = make_prompt_batch(samples, processor, "cpu")
     same_texts.texts = rollout.texts
     assert torch.allclose(reward(rollout), reward(same_texts))
+
+
+@pytest.mark.slow
+def test_a_full_policys_reference_loaded_again_is_its_start(tmp_path):
+    """Under ZeRO-3 the reference cannot be a copy: `build_reference` loads the same checkpoint, frozen."""
+    cfg = GRPOConfig(model_name_or_path="vlmkit-tiny/native-llava", reward_funcs=["digit_match"],
+                     output_dir=str(tmp_path), report_to=["none"])  # fmt: skip
+    policy, _ = NATIVE.build(cfg)
+    reference = NATIVE.build_reference(cfg)
+    assert type(reference) is type(policy) and not NATIVE.is_peft(reference)
+    ours, theirs = policy.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
