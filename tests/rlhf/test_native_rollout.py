@@ -159,3 +159,20 @@ def test_a_full_policys_reference_loaded_again_is_its_start(tmp_path):
     assert type(reference) is type(policy) and not NATIVE.is_peft(reference)
     ours, theirs = policy.state_dict(), reference.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_native_update_follows_the_group_relative_advantages(family, tmp_path):
+    trainer = make_trainer(family, tmp_path, use_lora=True, beta=0.0)
+    torch.manual_seed(0)
+    exp = trainer.make_experience(trainer.prompts_for_step(0))
+
+    def sequence_logprobs():
+        with torch.no_grad():
+            return (trainer.forward(exp.rollout)[0] * exp.rollout.response_mask).sum(1)
+
+    before = sequence_logprobs()
+    trainer.update(exp, 0)
+    change = sequence_logprobs() - before
+    assert change[exp.advantages > 0].mean() > 0 > change[exp.advantages < 0].mean(), (change, exp.advantages)
