@@ -27,14 +27,13 @@ from vlmkit.data.loading import read_samples, subsample
 from vlmkit.data.records import SkipCounter
 from vlmkit.eval.answers import write_examples_before_after
 from vlmkit.hub.lifecycle import HUB, vlm_card
-from vlmkit.models.build import build_vlm
 from vlmkit.rlhf.grpo_trainer import GRPOTrainer
 from vlmkit.rlhf.rewards import build_reward
 from vlmkit.rlhf.sft_baseline import check_sft_baseline, compare_with_sft_baseline
 from vlmkit.rlhf.value_model import ActorCritic, frozen_reference, prepare_frozen
 from vlmkit.training.accelerator import parameter_layout
-from vlmkit.training.freeze import set_trainable
 from vlmkit.training.run import Run
+from vlmkit.training.vlm_kinds import vlm_kind
 
 EXAMPLES_FILE = "eval_examples.json"
 NUM_EXAMPLES = 12  # held-out prompts whose answers before and after GRPO are saved (and shown in reports)
@@ -44,14 +43,17 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(GRPOConfig, argv, prog="grpo", description=__doc__)
     run = Run(cfg, "grpo", hub=HUB)
     accelerator = run.accelerator
-    check_sft_baseline(cfg, accelerator, held_out=bool(cfg.eval_data_path))
+    check_sft_baseline(cfg, accelerator, held_out=bool(cfg.eval_data_path), rl=True)
 
-    # The policy (full or LoRA) and, when the loss has a KL term, the frozen reference it started from.
-    policy, processor = build_vlm(cfg, cfg)
-    set_trainable(policy, "instruct", tune_connector=not policy.is_peft)
+    # The policy (full or LoRA; a vlmkit composite or a native transformers VLM) and, when the loss has a KL
+    # term, the frozen reference it started from. With LoRA the connector stays as it was: the reference is
+    # the policy with its adapters off.
+    kind = vlm_kind(cfg)
+    policy, processor = kind.build(cfg, tune_connector=not cfg.use_lora)
+    kind.set_trainable(policy, cfg, "instruct", tune_connector=not kind.is_peft(policy))
     reference = None
     if cfg.beta > 0:
-        reference = frozen_reference(policy, lambda: build_vlm(cfg, None, is_trainable=False)[0], accelerator)
+        reference = frozen_reference(policy, lambda: kind.build_reference(cfg), accelerator)
     reward = build_reward(cfg, prepare=lambda frozen: prepare_frozen(frozen, accelerator))
 
     skips = SkipCounter()
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     if run.is_main_process:
         write_examples_before_after(run.out / EXAMPLES_FILE, shown, answers_before, answers_after)
     if cfg.sft_baseline:  # the same start, prompts and updates, trained on the reference answers
-        metrics.update(compare_with_sft_baseline(trainer, eval_prompts, lambda: build_vlm(cfg, cfg)[0]))
+        metrics.update(compare_with_sft_baseline(trainer, eval_prompts, lambda: kind.build(cfg)[0]))
     card = vlm_card(cfg, trainer.bare.policy, stage="stage 4 (GRPO)")
     return run.finish(metrics, card=card, skips=skips, plot_keys=("reward_mean", "kl", "loss"))
 

@@ -35,13 +35,13 @@ from vlmkit.data.loading import read_samples, subsample
 from vlmkit.data.records import SkipCounter
 from vlmkit.eval.answers import write_examples_before_after
 from vlmkit.hub.lifecycle import HUB, vlm_card
-from vlmkit.models.build import build_vlm
 from vlmkit.rlhf.ppo_trainer import PPOTrainer
 from vlmkit.rlhf.rewards import build_reward
 from vlmkit.rlhf.sft_baseline import check_sft_baseline, compare_with_sft_baseline
 from vlmkit.rlhf.value_model import build_actor_critic, frozen_reference, prepare_frozen
 from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.run import Run
+from vlmkit.training.vlm_kinds import vlm_kind
 
 EXAMPLES_FILE = "eval_examples.json"
 NUM_EXAMPLES = 12  # held-out prompts whose answers before and after PPO are saved (and shown in reports)
@@ -51,11 +51,13 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(PPOConfig, argv, prog="ppo", description=__doc__)
     run = Run(cfg, "ppo", hub=HUB)
     accelerator = run.accelerator
-    check_sft_baseline(cfg, accelerator, held_out=bool(cfg.eval_data_path))
+    check_sft_baseline(cfg, accelerator, held_out=bool(cfg.eval_data_path), rl=True)
 
-    # Policy (full or LoRA), the frozen reference it started from, and the value model.
-    policy, processor = build_vlm(cfg, cfg)
-    reference = frozen_reference(policy, lambda: build_vlm(cfg, None, is_trainable=False)[0], accelerator)
+    # Policy (full or LoRA; a vlmkit composite or a native transformers VLM), the frozen reference it started
+    # from, and the value model. With LoRA the connector stays as it was (the reference is adapters off).
+    kind = vlm_kind(cfg)
+    policy, processor = kind.build(cfg, tune_connector=not cfg.use_lora)
+    reference = frozen_reference(policy, lambda: kind.build_reference(cfg), accelerator)
     model = build_actor_critic(
         policy, cfg.value_model, critic_path=cfg.value_model_name_or_path or cfg.reward_model_name_or_path, lora=cfg
     )  # fmt: skip
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     if run.is_main_process:
         write_examples_before_after(run.out / EXAMPLES_FILE, shown, answers_before, answers_after)
     if cfg.sft_baseline:  # the same start, prompts and updates, trained on the reference answers
-        metrics.update(compare_with_sft_baseline(trainer, eval_prompts, lambda: build_vlm(cfg, cfg)[0]))
+        metrics.update(compare_with_sft_baseline(trainer, eval_prompts, lambda: kind.build(cfg)[0]))
     card = vlm_card(cfg, trainer.bare.policy, stage="stage 4 (PPO)")
     plots = ("score_mean", "gold_accuracy", "kl", "loss")
     return run.finish(metrics, card=card, skips=skips, plot_keys=plots)

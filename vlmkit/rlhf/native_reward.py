@@ -64,6 +64,15 @@ class NativeRewardModel(nn.Module):
         last = hidden[rows, _last_token_index(attention_mask).to(hidden.device)]
         return self.score_head(last.to(self.score_head.weight.dtype)).squeeze(-1).float()
 
+    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs) -> torch.Tensor:
+        """The head at every position (B, L) float32, as PPO's critic reads it (rows may be left-padded:
+        `inputs` then carries the position ids, except for M-RoPE families, which derive them)."""
+        out = self._backbone_model()(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **inputs
+        )
+        hidden = out.last_hidden_state
+        return self.score_head(hidden.to(self.score_head.weight.dtype)).squeeze(-1).float()
+
     def save_pretrained(self, out_dir: str | Path, state_dict: dict | None = None) -> None:
         """The VLM (full or adapter) + score_head.safetensors + reward_model.json."""
         out = Path(out_dir)

@@ -263,11 +263,12 @@ def logprobs_from_logits(logits: Tensor, labels: Tensor) -> Tensor:
 def apply_missing_eos_penalty(
     scores: Tensor,
     response_ids: Tensor,
-    eos_token_id: int,
+    eos_token_id: int | list[int],
     penalty: float,
     mask: Tensor | None = None,
 ) -> Tensor:
-    """Subtract ``penalty`` from the score of every response that never emits ``eos_token_id``.
+    """Subtract ``penalty`` from the score of every response that never emits ``eos_token_id`` (any of them,
+    given a list: a native VLM ends a turn with its end-of-turn token).
 
     Truncated answers (no EOS within the generation budget) would otherwise be scored like finished
     ones; a penalty pushes the policy to end its answers.
@@ -289,7 +290,7 @@ def apply_missing_eos_penalty(
         raise ValueError(
             f"expected scores (B,) and response_ids (B, T), got {tuple(scores.shape)} and {tuple(response_ids.shape)}"
         )
-    is_eos = response_ids == eos_token_id
+    is_eos = torch.isin(response_ids, torch.tensor(eos_token_id, device=response_ids.device).reshape(-1))
     if mask is not None:
         _check_shapes(response_ids=response_ids, mask=mask)
         is_eos = is_eos & mask.bool()

@@ -126,7 +126,7 @@ class PPOTrainer(RLTrainer):
         mask = rollout.response_mask
         if cfg.missing_eos_penalty:
             scores = apply_missing_eos_penalty(
-                scores, rollout.response_ids, self.tokenizer.eos_token_id, cfg.missing_eos_penalty, mask
+                scores, rollout.response_ids, self.stop_token_ids, cfg.missing_eos_penalty, mask
             )
         if self.scale.needs_statistics:
             self.scale.fit(self.accelerator.gather(scores))

@@ -86,40 +86,55 @@ class ModelReward:
     """Scores rollouts with a reward model, which sees the prompt, its media and the decoded response.
 
     The response is re-tokenized with the reward model's own processor and chat template (right-padded,
-    as the reward model was trained), so policy and reward model need not share a tokenizer.
+    as the reward model was trained), so policy and reward model need not share a tokenizer. The reward
+    model's kind (composite or native, `vlmkit.training.vlm_kinds`) prepares its inputs.
     """
 
     def __init__(self, model: nn.Module, processor):
+        from vlmkit.training.vlm_kinds import kind_of_model
+
         self.model, self.processor = model, processor
+        self.kind = kind_of_model(getattr(model, "module", model))  # a ZeRO-3 engine holds it as `module`
 
     def encode(self, rollout: Rollout) -> dict[str, Tensor | None]:
-        """Right-padded (B, L) input_ids / attention_mask and media for the reward model."""
-        spec = self.processor.spec
-        ids = []
-        for sample, text in zip(rollout.samples, rollout.texts):
-            prompt_turns = sample.turns[:-1] if sample.turns[-1].role == "assistant" else sample.turns
-            conversation = Sample(
-                list(prompt_turns) + [Turn("assistant", text)], sample.images, sample.audios,
-                sample.source, sample.index,
-            )  # fmt: skip
-            tokenized = tokenize_sample(
-                conversation, self.processor.tokenizer, modality=spec.modality,
-                num_media_tokens=spec.num_media_tokens, max_length=10**9,
-            )  # fmt: skip
-            ids.append(torch.tensor(tokenized.input_ids))
-        device = rollout.query_ids.device
-        input_ids = pad_sequences(ids, self.processor.tokenizer.pad_token_id).to(device)
-        attention_mask = pad_sequences([torch.ones_like(i) for i in ids], 0).to(device)
-        media = self.processor.process_media(rollout.media_items)
-        if media is not None:
-            media = media.to(device)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "media": media}
+        """Right-padded (B, L) input_ids / attention_mask and the media inputs of the reward model."""
+        return self.kind.reward_inputs(
+            self.processor, scored_conversations(rollout), rollout, rollout.query_ids.device
+        )
 
     @torch.no_grad()
     def __call__(self, rollout: Rollout) -> Tensor:
         """(B,) float32 scores."""
-        inputs = self.encode(rollout)
-        return self.model(inputs["input_ids"], inputs["attention_mask"], inputs["media"]).float()
+        return self.model(**self.encode(rollout)).float()
+
+
+def scored_conversations(rollout: Rollout) -> list[Sample]:
+    """Each rollout row's prompt turns followed by its decoded response as the assistant turn."""
+    out = []
+    for sample, text in zip(rollout.samples, rollout.texts):
+        prompt_turns = sample.turns[:-1] if sample.turns[-1].role == "assistant" else sample.turns
+        out.append(Sample(list(prompt_turns) + [Turn("assistant", text)], sample.images, sample.audios,
+                          sample.source, sample.index))  # fmt: skip
+    return out
+
+
+def composite_reward_inputs(processor, conversations: list[Sample], rollout: Rollout, device) -> dict:
+    """A composite reward model's inputs: conversations tokenized with its `VLMProcessor`, the rollout's
+    decoded media processed by it."""
+    spec = processor.spec
+    ids = []
+    for conversation in conversations:
+        tokenized = tokenize_sample(
+            conversation, processor.tokenizer, modality=spec.modality,
+            num_media_tokens=spec.num_media_tokens, max_length=10**9,
+        )  # fmt: skip
+        ids.append(torch.tensor(tokenized.input_ids))
+    input_ids = pad_sequences(ids, processor.tokenizer.pad_token_id).to(device)
+    attention_mask = pad_sequences([torch.ones_like(i) for i in ids], 0).to(device)
+    media = processor.process_media(rollout.media_items)
+    if media is not None:
+        media = media.to(device)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "media": media}
 
 
 class RewardSet:

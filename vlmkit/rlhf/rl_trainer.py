@@ -29,7 +29,6 @@ from vlmkit.rlhf.rollout import (
     Rollout,
     RolloutEngine,
     hf_generate,
-    make_prompt_batch,
     response_logprobs,
     response_slice,
     unwrapped_for_generation,
@@ -120,7 +119,10 @@ class RLTrainer(ABC):
         )
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self._bare = accelerator.unwrap_model(self.model)  # unwrap_model is not free: once
-        self._same_in_eval = same_in_train_and_eval(self._bare.policy)
+        self.kind = self._bare.policy_kind  # composite or native: how the policy is run (vlm_kinds.VLMKind)
+        self._same_in_eval = self.kind.same_in_train_and_eval(self._bare.policy)
+        self.never_sampled = self.kind.never_sampled(self._bare.policy, processor)
+        self.stop_token_ids = self.kind.stop_token_ids(self._bare.policy, processor)  # what ends a response
         self.stepper = OptimizerStepper(
             accelerator, self.model, self.optimizer, max_grad_norm=cfg.max_grad_norm,
             max_bad_steps=cfg.max_bad_steps, output_dir=cfg.output_dir,
@@ -192,13 +194,13 @@ class RLTrainer(ABC):
         return self._bare
 
     @property
-    def media_token_id(self) -> int:
-        """The media placeholder: never sampled, so excluded from every log-prob (see `response_logprobs`)."""
-        return self.bare.policy.config.media_token_id
+    def media_token_id(self) -> int | list[int]:
+        """The media token(s): never sampled, so excluded from every log-prob (see `response_logprobs`)."""
+        return self.never_sampled
 
     @property
     def has_reference(self) -> bool:
-        return self.reference is not None or self.bare.policy.is_peft
+        return self.reference is not None or self.kind.is_peft(self.bare.policy)
 
     def prompts_for_step(self, step: int) -> list[Sample]:
         """This process's prompts of step `step`: a slice of seeded per-epoch permutations, so resuming
@@ -236,7 +238,7 @@ class RLTrainer(ABC):
 
     def sample(self, samples: list[Sample], do_sample: bool = True) -> Rollout:
         """Generate one response per prompt with the current policy (parameters gathered under ZeRO-3)."""
-        batch = make_prompt_batch(samples, self.processor, self.device)
+        batch = self.kind.prompt_batch(samples, self.processor, self.device, self.bare.policy)
         with unwrapped_for_generation(self.model, self.accelerator, self.bare) as bare:
             return self.engine(
                 bare.policy, batch, self.tokenizer, max_new_tokens=self.cfg.max_new_tokens,
@@ -369,7 +371,8 @@ class RLTrainer(ABC):
         return metrics
 
     def save(self, out_dir: str | Path) -> None:
-        """The policy (full or adapter) in from_pretrained form + processor, and `value_model/` if any."""
+        """The policy (full or adapter) in from_pretrained form + processor, and `value_model/` if any (a
+        critic there is a reward model checkpoint with the processor files)."""
         acc = self.accelerator
         state = acc.get_state_dict(self.model)  # collective under ZeRO-3: every rank calls it
         if acc.is_main_process:
@@ -378,5 +381,7 @@ class RLTrainer(ABC):
             bare.policy.save_pretrained(out_dir, state_dict=policy_state)
             self.processor.save_pretrained(out_dir)
             if bare.kind != "none":
-                save_value_model(bare, out_dir, state)
+                value_dir = save_value_model(bare, out_dir, state)
+                if bare.kind == "reward_model":  # a reward model checkpoint, complete with its processor
+                    self.processor.save_pretrained(value_dir)
         acc.wait_for_everyone()

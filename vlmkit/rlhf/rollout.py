@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,9 @@ from vlmkit.data.prompts import left_padded_batch, prepare_prompts
 from vlmkit.data.records import Sample
 from vlmkit.models.encoders import encode
 from vlmkit.rlhf.ppo_math import logprobs_from_logits
+
+if TYPE_CHECKING:
+    from vlmkit.rlhf.native_rollout import NativePrompts
 
 # A logit no token can be sampled at (softmax gives exactly 0) that still keeps p * log p finite (= 0).
 SUPPRESSED_LOGIT = -1e9
@@ -33,7 +36,8 @@ class Rollout:
     in order, `media_counts[b]` items for row b; media_items: the same media decoded (PIL images or float
     arrays), so a reward model with its own media processor can prepare them. media_features: (n, N, D_enc)
     outputs of the policy's frozen encoder, computed once per rollout and reused by every later forward
-    pass of the policy and the reference (None when the encoder trains). has_eos: (B,) bool.
+    pass of the policy and the reference (None when the encoder trains). has_eos: (B,) bool. native: a native
+    transformers VLM's per-row processor outputs (`vlmkit.rlhf.native_rollout`), which replace `media`.
     """
 
     query_ids: Tensor
@@ -49,6 +53,7 @@ class Rollout:
     texts: list[str] = field(default_factory=list)
     media_features: Tensor | None = None
     logprobs: Tensor | None = None  # (B, T) sampling log-probs, when the engine was asked for them
+    native: NativePrompts | None = None
 
     def __len__(self) -> int:
         return self.query_ids.shape[0]
@@ -66,10 +71,12 @@ class Rollout:
             features = self.media_features[torch.tensor(picks, dtype=torch.long, device=self.media.device)]
         return Rollout(
             self.query_ids[rows], self.query_mask[rows], self.response_ids[rows], self.response_mask[rows],
-            self.has_eos[rows], media, [self.media_counts[r] for r in rows], [self.media_items[i] for i in picks],
+            self.has_eos[rows], media, [self.media_counts[r] for r in rows],
+            [self.media_items[i] for i in picks] if self.media_items else [],
             [self.samples[r] for r in rows], [self.references[r] for r in rows],
             [self.texts[r] for r in rows] if self.texts else [], features,
             self.logprobs[rows] if self.logprobs is not None else None,
+            self.native.select(rows) if self.native is not None else None,
         )  # fmt: skip
 
     @property
@@ -80,19 +87,26 @@ class Rollout:
 
     def model_inputs(self) -> dict[str, Tensor | None]:
         """Prompt + response as one sequence (B, P+T): input_ids, attention_mask, position_ids, media and
-        media_features (the cached encoder outputs, or None).
+        media_features (the cached encoder outputs, or None); for a native VLM also its processor's media
+        inputs (pixel_values, image_grid_thw, token_type_ids...).
 
         Position ids count real tokens only (cumsum of the mask), exactly as `generate` numbered them.
         """
         input_ids = torch.cat([self.query_ids, self.response_ids], dim=1)
         attention_mask = torch.cat([self.query_mask.long(), self.response_mask.long()], dim=1)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        extra = {}
+        if self.native is not None:
+            extra = self.native.media_inputs(
+                self.query_ids.shape[1], self.response_ids.shape[1], input_ids.device
+            )
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "position_ids": position_ids,
             "media": self.media,
             "media_features": self.media_features,
+            **extra,
         }
 
 
@@ -120,13 +134,15 @@ def make_prompt_batch(samples: list[Sample], processor, device) -> Rollout:
     )  # fmt: skip
 
 
-def truncate_after_eos(tokens: Tensor, eos_token_id: int, pad_token_id: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Cut generated tokens (B, T) after their first EOS.
+def truncate_after_eos(
+    tokens: Tensor, eos_token_id: int | list[int], pad_token_id: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Cut generated tokens (B, T) after their first EOS (the first of several, given a list).
 
     Returns (tokens with pad after the first EOS (B, T), mask (B, T) true up to and including the first EOS,
     or everywhere if there is none, has_eos (B,)).
     """
-    is_eos = tokens == eos_token_id
+    is_eos = torch.isin(tokens, torch.tensor(eos_token_id, device=tokens.device).reshape(-1))
     has_eos = is_eos.any(dim=1)
     positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
     first = torch.where(is_eos, positions, tokens.shape[1]).min(dim=1).values
@@ -206,8 +222,11 @@ class RolloutEngine(Protocol):
 
 
 def hf_generate(policy: nn.Module, batch: Rollout, tokenizer, **sampling) -> Rollout:
-    """The default RolloutEngine: `generate_rollout`."""
-    return generate_rollout(policy, batch, tokenizer, **sampling)
+    """The default RolloutEngine: the policy kind's `generate_rollout` (this module's for the composite model,
+    `native_rollout.native_generate_rollout` for a native transformers VLM)."""
+    from vlmkit.training.vlm_kinds import kind_of_model
+
+    return kind_of_model(policy).generate_rollout(policy, batch, tokenizer, **sampling)
 
 
 def rollout_engine(use_vllm: bool = False) -> RolloutEngine:
@@ -222,7 +241,9 @@ def rollout_engine(use_vllm: bool = False) -> RolloutEngine:
     return hf_generate
 
 
-def sampling_logprobs(logits: Tensor, rollout: Rollout, suppressed_token_id: int | None) -> Tensor:
+def sampling_logprobs(
+    logits: Tensor, rollout: Rollout, suppressed_token_id: int | list[int] | None
+) -> Tensor:
     """(B, T) log-probs of the response tokens under (B, T, V) `logits` already divided by the temperature,
     with the never-sampled media placeholder excluded, as the sampler saw them."""
     logits = logits.float()
@@ -239,7 +260,10 @@ def response_slice(prompt_length: int, response_length: int) -> slice:
 
 
 def response_logprobs(
-    logits: Tensor, rollout: Rollout, temperature: float = 1.0, suppressed_token_id: int | None = None
+    logits: Tensor,
+    rollout: Rollout,
+    temperature: float = 1.0,
+    suppressed_token_id: int | list[int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Log-probs (B, T) of the sampled response tokens and the response logits (B, T, V), both / temperature.
 

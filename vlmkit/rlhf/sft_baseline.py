@@ -49,6 +49,7 @@ from vlmkit.rlhf.rollout import Rollout, make_prompt_batch, response_logprobs
 from vlmkit.rlhf.value_model import ActorCritic, is_zero3
 from vlmkit.training.freeze import set_trainable
 from vlmkit.training.loop import TrainResult, train
+from vlmkit.training.vlm_kinds import NATIVE, vlm_kind
 
 logger = logging.getLogger(__name__)
 
@@ -159,11 +160,17 @@ class SFTBaselineTrainer(RLTrainer):
         return self.reduce_mean({"response_length": batch.rollout.response_mask.sum(1).float().mean().item()})
 
 
-def check_sft_baseline(cfg, accelerator, *, held_out: bool) -> None:
+def check_sft_baseline(cfg, accelerator, *, held_out: bool, rl: bool = False) -> None:
     """Refuse, before any training, a baseline the run cannot give: it needs held-out data (`held_out`) and
-    a second optimizer in the same process, which DeepSpeed does not allow."""
+    a second optimizer in the same process, which DeepSpeed does not allow; the RL stages' baseline (`rl`)
+    trains vlmkit composite models only."""
     if not cfg.sft_baseline:
         return
+    if rl and vlm_kind(cfg) is NATIVE:
+        raise ValueError(
+            f"--sft_baseline: the RL stages' compute-matched SFT baseline is not available for native "
+            f"transformers VLMs yet ({cfg.model_name_or_path}); set --sft_baseline false"
+        )
     if not held_out:
         raise ValueError(
             "--sft_baseline true compares on held-out data: give --eval_data_path (DPO: or --eval_prompts_path)"

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from vlmkit.models.build import apply_lora
 from vlmkit.models.vlm import VLM
 from vlmkit.rlhf.reward_model import HEAD_FILE, RewardModel
-from vlmkit.training.freeze import count_parameters, set_trainable
+from vlmkit.training.freeze import count_parameters
+from vlmkit.training.vlm_kinds import kind_of_model
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,11 @@ class ActorCritic(nn.Module):
         self.critic = critic
 
     @property
+    def policy_kind(self):
+        """The policy's `VLMKind` (composite or native): how it is run."""
+        return kind_of_model(self.policy)
+
+    @property
     def kind(self) -> str:
         if self.value_head is not None:
             return "policy_head"
@@ -60,6 +66,7 @@ class ActorCritic(nn.Module):
         media_features: Tensor | None = None,
         with_values: bool = True,
         logits_to_keep: int = 0,
+        **media_inputs: Tensor,
     ) -> tuple[Tensor, Tensor | None]:
         """Policy logits (B, L, V) and values (B, L) float32 (None when `with_values` is False).
 
@@ -67,21 +74,22 @@ class ActorCritic(nn.Module):
         still cover every position.
 
         `media_features` (n, N, D_enc) are the policy encoder's cached outputs; the critic, whose encoder
-        may differ, always reads `media`.
+        may differ, always reads `media`. `media_inputs`: a native VLM's processor inputs (pixel_values...).
         """
         if with_values and self.kind == "none":
             raise ValueError("this policy has no value model: call it with with_values=False")
         want_hidden = with_values and self.value_head is not None
-        out = self.policy(
-            input_ids, attention_mask, None if media_features is not None else media, media_features,
-            position_ids=position_ids, output_hidden_states=want_hidden, logits_to_keep=logits_to_keep,
-        )  # fmt: skip
+        inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, media=media,
+                      media_features=media_features, **media_inputs)  # fmt: skip
+        out = self.policy_kind.policy_forward(
+            self.policy, inputs, logits_to_keep=logits_to_keep, output_hidden_states=want_hidden
+        )
         if not with_values:
             return out.logits, None
         if self.value_head is not None:
             hidden = out.hidden_states[-1]
             return out.logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
-        return out.logits, critic_values(self.critic, input_ids, attention_mask, position_ids, media)
+        return out.logits, kind_of_model(self.critic).critic_values(self.critic, inputs)
 
 
 def critic_values(
@@ -100,9 +108,9 @@ def critic_values(
     return critic.score_head(hidden.to(critic.score_head.weight.dtype)).squeeze(-1).float()
 
 
-def new_value_head(policy: VLM) -> nn.Linear:
+def new_value_head(policy: nn.Module) -> nn.Linear:
     """Linear(H, 1) initialised to zero: every value starts at 0, so early advantages are the rewards."""
-    hidden = policy.language_model.get_input_embeddings().embedding_dim
+    hidden = kind_of_model(policy).hidden_size(policy)
     head = nn.Linear(hidden, 1)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
@@ -125,7 +133,8 @@ def load_critic(path: str | Path, lora=None) -> RewardModel:
 def build_actor_critic(policy: VLM, kind: str, *, critic_path: str | None = None, lora=None) -> ActorCritic:
     """Freeze/unfreeze for PPO and attach the value model `kind` (policy_head or reward_model)."""
     # With LoRA the reference is the policy with adapters off, so the connector must stay as it was.
-    set_trainable(policy, "instruct", tune_connector=not policy.is_peft)
+    policy_kind = kind_of_model(policy)
+    policy_kind.set_trainable(policy, None, "instruct", tune_connector=not policy_kind.is_peft(policy))
     if kind == "policy_head":
         model = ActorCritic(policy, value_head=new_value_head(policy))
     elif kind == "reward_model":
@@ -133,8 +142,13 @@ def build_actor_critic(policy: VLM, kind: str, *, critic_path: str | None = None
             raise ValueError(
                 "value_model=reward_model needs a reward model (or VLM) directory to start the critic from"
             )
-        critic = load_critic(critic_path, lora)
-        set_trainable(critic, "reward")
+        critic = policy_kind.load_critic(critic_path, lora)
+        if kind_of_model(critic) is not policy_kind:
+            raise ValueError(
+                f"the critic ({critic_path}) must be the policy's kind of model ({policy_kind.name}): it reads the "
+                "policy's inputs; start it from a reward model trained on the policy's base model"
+            )
+        kind_of_model(critic).set_trainable(critic, None, "reward")
         model = ActorCritic(policy, critic=critic)
     else:
         raise ValueError(f"unknown value model {kind!r}; valid: policy_head, reward_model")
@@ -202,7 +216,7 @@ def frozen_reference(policy: nn.Module, build_again, accelerator) -> nn.Module |
 
     Under ZeRO-3 the parameters are partitioned, so `build_again()` loads the checkpoint once more instead.
     """
-    if policy.is_peft:
+    if kind_of_model(policy).is_peft(policy):
         return None
     return build_again() if is_zero3(accelerator) else copy.deepcopy(policy)
 
@@ -218,14 +232,14 @@ def reference_logits(
     `reference` module, the reference is the policy with its adapters disabled (peft's `disable_adapter()`):
     no second copy of the weights exists, and the connector stays frozen so nothing else differs.
     """
+    kind = kind_of_model(policy)
     if reference is not None:
-        features = inputs.get("media_features")
-        return reference(
-            inputs["input_ids"], inputs["attention_mask"], None if features is not None else inputs["media"],
-            features, position_ids=inputs["position_ids"], logits_to_keep=inputs.get("logits_to_keep", 0),
-        ).logits  # fmt: skip
-    if not policy.is_peft:
+        model_inputs = {k: v for k, v in inputs.items() if k != "logits_to_keep"}
+        return kind.policy_forward(
+            reference, model_inputs, logits_to_keep=inputs.get("logits_to_keep", 0)
+        ).logits
+    if not kind.is_peft(policy):
         raise ValueError("a full fine-tuning policy needs a separate frozen reference model")
-    with policy.language_model.disable_adapter():
+    with kind.adapters_disabled(policy):
         logits, _ = model(**inputs, with_values=False)
     return logits
