@@ -29,11 +29,11 @@ from vlmkit.eval.answers import write_examples_before_after
 from vlmkit.hub.lifecycle import HUB, vlm_card
 from vlmkit.rlhf.grpo_trainer import GRPOTrainer
 from vlmkit.rlhf.rewards import build_reward
+from vlmkit.rlhf.rl_kinds import rl_kind
 from vlmkit.rlhf.sft_baseline import check_sft_baseline, compare_with_sft_baseline
 from vlmkit.rlhf.value_model import ActorCritic, frozen_reference, prepare_frozen
 from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.run import Run
-from vlmkit.training.vlm_kinds import vlm_kind
 
 EXAMPLES_FILE = "eval_examples.json"
 NUM_EXAMPLES = 12  # held-out prompts whose answers before and after GRPO are saved (and shown in reports)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     # The policy (full or LoRA; a vlmkit composite or a native transformers VLM) and, when the loss has a KL
     # term, the frozen reference it started from. With LoRA the connector stays as it was: the reference is
     # the policy with its adapters off.
-    kind = vlm_kind(cfg)
+    kind = rl_kind(cfg)
     policy, processor = kind.build(cfg, tune_connector=not cfg.use_lora)
     kind.set_trainable(policy, cfg, "instruct", tune_connector=not kind.is_peft(policy))
     reference = None

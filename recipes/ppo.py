@@ -37,11 +37,11 @@ from vlmkit.eval.answers import write_examples_before_after
 from vlmkit.hub.lifecycle import HUB, vlm_card
 from vlmkit.rlhf.ppo_trainer import PPOTrainer
 from vlmkit.rlhf.rewards import build_reward
+from vlmkit.rlhf.rl_kinds import rl_kind
 from vlmkit.rlhf.sft_baseline import check_sft_baseline, compare_with_sft_baseline
 from vlmkit.rlhf.value_model import build_actor_critic, frozen_reference, prepare_frozen
 from vlmkit.training.accelerator import parameter_layout
 from vlmkit.training.run import Run
-from vlmkit.training.vlm_kinds import vlm_kind
 
 EXAMPLES_FILE = "eval_examples.json"
 NUM_EXAMPLES = 12  # held-out prompts whose answers before and after PPO are saved (and shown in reports)
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # Policy (full or LoRA; a vlmkit composite or a native transformers VLM), the frozen reference it started
     # from, and the value model. With LoRA the connector stays as it was (the reference is adapters off).
-    kind = vlm_kind(cfg)
+    kind = rl_kind(cfg)
     policy, processor = kind.build(cfg, tune_connector=not cfg.use_lora)
     reference = frozen_reference(policy, lambda: kind.build_reference(cfg), accelerator)
     model = build_actor_critic(

@@ -14,10 +14,10 @@ from vlmkit.config.grpo import GRPOConfig
 from vlmkit.data.records import Sample, Turn
 from vlmkit.rlhf.grpo_trainer import GRPOTrainer
 from vlmkit.rlhf.rewards import FunctionReward, RewardSet
+from vlmkit.rlhf.rl_kinds import NATIVE_RL, rl_kind
 from vlmkit.rlhf.rollout import hf_generate
 from vlmkit.rlhf.value_model import ActorCritic, frozen_reference
 from vlmkit.training.accelerator import make_accelerator
-from vlmkit.training.vlm_kinds import NATIVE, vlm_kind
 
 G = 2
 
@@ -47,7 +47,7 @@ def make_trainer(family: str, tmp_path, prompts: list[Sample] | None = None, **o
     fields.update(overrides)
     cfg = GRPOConfig(**fields)
     accelerator = make_accelerator(output_dir=cfg.output_dir, mixed_precision="no")
-    kind = vlm_kind(cfg)
+    kind = rl_kind(cfg)
     torch.manual_seed(0)
     policy, processor = kind.build(cfg, tune_connector=not cfg.use_lora)
     kind.set_trainable(policy, cfg, "instruct", tune_connector=not kind.is_peft(policy))
@@ -63,7 +63,7 @@ def make_trainer(family: str, tmp_path, prompts: list[Sample] | None = None, **o
 @pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
 def test_native_rollout_logprobs_equal_the_trainers_recomputed_ones(family, tmp_path):
     trainer = make_trainer(family, tmp_path, use_lora=True, beta=0.04)
-    assert trainer.kind is NATIVE and trainer.reference is None and trainer.has_reference
+    assert trainer.kind is NATIVE_RL and trainer.reference is None and trainer.has_reference
     batch = trainer.kind.prompt_batch(
         trainer.prompts_for_step(0), trainer.processor, "cpu", trainer.bare.policy
     )
@@ -135,9 +135,9 @@ def test_a_composite_reward_model_scores_native_rollouts_with_their_images():
     from vlmkit.rlhf.rollout import make_prompt_batch
 
     torch.manual_seed(0)
-    policy, encoder = NATIVE.load_checkpoint(resolve_model_path("vlmkit-tiny/native-qwen2_vl"))
+    policy, encoder = NATIVE_RL.load_checkpoint(resolve_model_path("vlmkit-tiny/native-qwen2_vl"))
     samples = _prompts()
-    batch = NATIVE.prompt_batch(samples, encoder, "cpu", policy)
+    batch = NATIVE_RL.prompt_batch(samples, encoder, "cpu", policy)
     rollout = hf_generate(policy, batch, encoder.tokenizer, max_new_tokens=3)
     assert len(rollout.media_items) == 2 and len(rollout.select([0]).media_items) == 1
     vlm, processor = build_vlm(
@@ -154,9 +154,9 @@ def test_a_full_policys_reference_loaded_again_is_its_start(tmp_path):
     """Under ZeRO-3 the reference cannot be a copy: `build_reference` loads the same checkpoint, frozen."""
     cfg = GRPOConfig(model_name_or_path="vlmkit-tiny/native-llava", reward_funcs=["digit_match"],
                      output_dir=str(tmp_path), report_to=["none"])  # fmt: skip
-    policy, _ = NATIVE.build(cfg)
-    reference = NATIVE.build_reference(cfg)
-    assert type(reference) is type(policy) and not NATIVE.is_peft(reference)
+    policy, _ = NATIVE_RL.build(cfg)
+    reference = NATIVE_RL.build_reference(cfg)
+    assert type(reference) is type(policy) and not NATIVE_RL.is_peft(reference)
     ours, theirs = policy.state_dict(), reference.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 

@@ -1,7 +1,7 @@
 """RL rollouts of native transformers VLMs (`AutoModelForImageTextToText`): prompts through the model's own
 processor, generation with the KV cache, and the inputs of the log-prob forward passes.
 
-`NativeKind` (vlmkit.training.vlm_kinds) calls these, so the RL trainers never branch on the model kind. A
+`NativeRL` (vlmkit.rlhf.rl_kinds) calls these, so the RL trainers never branch on the model kind. A
 native rollout is the same `Rollout` as the composite model's, with `native` holding each row's processor
 outputs (`pixel_values`, `image_grid_thw`, `image_sizes`, `token_type_ids`...) in place of `media`. The
 never-sampled tokens are the processor's media tokens (image token, vision start/end...): a response holding

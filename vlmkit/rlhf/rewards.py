@@ -87,14 +87,14 @@ class ModelReward:
 
     The response is re-tokenized with the reward model's own processor and chat template (right-padded,
     as the reward model was trained), so policy and reward model need not share a tokenizer. The reward
-    model's kind (composite or native, `vlmkit.training.vlm_kinds`) prepares its inputs.
+    model's kind (composite or native, `vlmkit.rlhf.rl_kinds`) prepares its inputs.
     """
 
     def __init__(self, model: nn.Module, processor):
-        from vlmkit.training.vlm_kinds import kind_of_model
+        from vlmkit.rlhf.rl_kinds import rl_kind_of_model
 
         self.model, self.processor = model, processor
-        self.kind = kind_of_model(getattr(model, "module", model))  # a ZeRO-3 engine holds it as `module`
+        self.kind = rl_kind_of_model(getattr(model, "module", model))  # a ZeRO-3 engine holds it as `module`
 
     def encode(self, rollout: Rollout) -> dict[str, Tensor | None]:
         """Right-padded (B, L) input_ids / attention_mask and the media inputs of the reward model."""

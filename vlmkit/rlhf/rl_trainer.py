@@ -119,7 +119,7 @@ class RLTrainer(ABC):
         )
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self._bare = accelerator.unwrap_model(self.model)  # unwrap_model is not free: once
-        self.kind = self._bare.policy_kind  # composite or native: how the policy is run (vlm_kinds.VLMKind)
+        self.kind = self._bare.policy_kind  # composite or native: how the policy is run (rl_kinds.RLKind)
         self._same_in_eval = self.kind.same_in_train_and_eval(self._bare.policy)
         self.never_sampled = self.kind.never_sampled(self._bare.policy, processor)
         self.stop_token_ids = self.kind.stop_token_ids(self._bare.policy, processor)  # what ends a response

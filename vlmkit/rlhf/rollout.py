@@ -224,9 +224,9 @@ class RolloutEngine(Protocol):
 def hf_generate(policy: nn.Module, batch: Rollout, tokenizer, **sampling) -> Rollout:
     """The default RolloutEngine: the policy kind's `generate_rollout` (this module's for the composite model,
     `native_rollout.native_generate_rollout` for a native transformers VLM)."""
-    from vlmkit.training.vlm_kinds import kind_of_model
+    from vlmkit.rlhf.rl_kinds import rl_kind_of_model
 
-    return kind_of_model(policy).generate_rollout(policy, batch, tokenizer, **sampling)
+    return rl_kind_of_model(policy).generate_rollout(policy, batch, tokenizer, **sampling)
 
 
 def rollout_engine(use_vllm: bool = False) -> RolloutEngine:

@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from vlmkit.models.build import apply_lora
 from vlmkit.models.vlm import VLM
 from vlmkit.rlhf.reward_model import HEAD_FILE, RewardModel
+from vlmkit.rlhf.rl_kinds import rl_kind_of_model
 from vlmkit.training.freeze import count_parameters
-from vlmkit.training.vlm_kinds import kind_of_model
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class ActorCritic(nn.Module):
     @property
     def policy_kind(self):
         """The policy's `VLMKind` (composite or native): how it is run."""
-        return kind_of_model(self.policy)
+        return rl_kind_of_model(self.policy)
 
     @property
     def kind(self) -> str:
@@ -89,7 +89,7 @@ class ActorCritic(nn.Module):
         if self.value_head is not None:
             hidden = out.hidden_states[-1]
             return out.logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
-        return out.logits, kind_of_model(self.critic).critic_values(self.critic, inputs)
+        return out.logits, rl_kind_of_model(self.critic).critic_values(self.critic, inputs)
 
 
 def critic_values(
@@ -110,7 +110,7 @@ def critic_values(
 
 def new_value_head(policy: nn.Module) -> nn.Linear:
     """Linear(H, 1) initialised to zero: every value starts at 0, so early advantages are the rewards."""
-    hidden = kind_of_model(policy).hidden_size(policy)
+    hidden = rl_kind_of_model(policy).hidden_size(policy)
     head = nn.Linear(hidden, 1)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
@@ -133,7 +133,7 @@ def load_critic(path: str | Path, lora=None) -> RewardModel:
 def build_actor_critic(policy: VLM, kind: str, *, critic_path: str | None = None, lora=None) -> ActorCritic:
     """Freeze/unfreeze for PPO and attach the value model `kind` (policy_head or reward_model)."""
     # With LoRA the reference is the policy with adapters off, so the connector must stay as it was.
-    policy_kind = kind_of_model(policy)
+    policy_kind = rl_kind_of_model(policy)
     policy_kind.set_trainable(policy, None, "instruct", tune_connector=not policy_kind.is_peft(policy))
     if kind == "policy_head":
         model = ActorCritic(policy, value_head=new_value_head(policy))
@@ -143,12 +143,12 @@ def build_actor_critic(policy: VLM, kind: str, *, critic_path: str | None = None
                 "value_model=reward_model needs a reward model (or VLM) directory to start the critic from"
             )
         critic = policy_kind.load_critic(critic_path, lora)
-        if kind_of_model(critic) is not policy_kind:
+        if rl_kind_of_model(critic) is not policy_kind:
             raise ValueError(
                 f"the critic ({critic_path}) must be the policy's kind of model ({policy_kind.name}): it reads the "
                 "policy's inputs; start it from a reward model trained on the policy's base model"
             )
-        kind_of_model(critic).set_trainable(critic, None, "reward")
+        rl_kind_of_model(critic).set_trainable(critic, None, "reward")
         model = ActorCritic(policy, critic=critic)
     else:
         raise ValueError(f"unknown value model {kind!r}; valid: policy_head, reward_model")
@@ -216,7 +216,7 @@ def frozen_reference(policy: nn.Module, build_again, accelerator) -> nn.Module |
 
     Under ZeRO-3 the parameters are partitioned, so `build_again()` loads the checkpoint once more instead.
     """
-    if kind_of_model(policy).is_peft(policy):
+    if rl_kind_of_model(policy).is_peft(policy):
         return None
     return build_again() if is_zero3(accelerator) else copy.deepcopy(policy)
 
@@ -232,7 +232,7 @@ def reference_logits(
     `reference` module, the reference is the policy with its adapters disabled (peft's `disable_adapter()`):
     no second copy of the weights exists, and the connector stays frozen so nothing else differs.
     """
-    kind = kind_of_model(policy)
+    kind = rl_kind_of_model(policy)
     if reference is not None:
         model_inputs = {k: v for k, v in inputs.items() if k != "logits_to_keep"}
         return kind.policy_forward(

@@ -12,7 +12,7 @@ A recipe asks `vlm_kind(cfg)` for the kind its `--model_name_or_path` names and 
     pairs, collate = kind.preference_data(cfg, cfg.data_path, processor, skips)   # reward model, DPO
     model = kind.load(out_dir)                   # a saved output, for evaluation or the next stage
     model, processor = kind_of_path(out_dir).load_checkpoint(out_dir)    # for inference (vlmkit generate)
-    # RL (vlmkit.rlhf): prompt_batch, generate_rollout, policy_forward, ... (vlm_kinds_rl.RLKind)
+    # RL (vlmkit.rlhf.rl_kinds): the same kinds with prompt_batch, generate_rollout, policy_forward, ...
 
 - Composite (`vlmkit.models.vlm.VLM`): encoder + connector + causal LM, built from parts or loaded from a
   directory with vlmkit_config.json; its `VLMProcessor` tokenizes with vlmkit's own media placeholders.
@@ -21,7 +21,7 @@ A recipe asks `vlm_kind(cfg)` for the kind its `--model_name_or_path` names and 
   (the model's own processor and chat template, assistant-only labels). Packing and feature caching are
   not offered for it yet and are refused with a clear error.
 
-The RL trainers ask `kind_of_model(policy)` for the same interface's RL part: prompts to a `Rollout`,
+The RL trainers ask `vlmkit.rlhf.rl_kinds.rl_kind_of_model(policy)` for the same kind with its RL part: prompts to a `Rollout`,
 generation, the log-prob forward pass (with the processor's media inputs for a native model), the tokens
 never sampled, and the LoRA reference (adapters disabled).
 
@@ -61,12 +61,11 @@ from vlmkit.training.native_parts import apply_native_lora, native_parts, set_na
 from vlmkit.training.native_preference import NativePreferenceCollator, NativePreferenceDataset
 from vlmkit.training.native_sft import NativeSFTDataset, native_sft_loss
 from vlmkit.training.train_data import build_train_data
-from vlmkit.training.vlm_kinds_rl import CompositeRL, NativeRL, RLKind
 
 logger = logging.getLogger(__name__)
 
 
-class VLMKind(RLKind, Protocol):
+class VLMKind(Protocol):
     """What a recipe does with a model, whatever kind it is (see the module docstring)."""
 
     name: str
@@ -106,7 +105,7 @@ def _tune_connector(cfg, tune_connector: bool | None) -> bool:
     return getattr(cfg, "tune_connector", True) if tune_connector is None else tune_connector
 
 
-class CompositeKind(CompositeRL):
+class CompositeKind:
     """vlmkit's own encoder + connector + causal LM (`vlmkit.models.vlm.VLM`)."""
 
     name = "composite"
@@ -146,7 +145,7 @@ class CompositeKind(CompositeRL):
         return load_vlm(path)
 
 
-class NativeKind(NativeRL):
+class NativeKind:
     """A transformers image-text model (`AutoModelForImageTextToText`) with its own processor."""
 
     name = "native"

@@ -1,6 +1,10 @@
-"""The RL part of the model interface (`vlm_kinds.VLMKind`): what PPO and GRPO do with a policy, whatever its kind.
+"""The RL part of the model interface: what PPO and GRPO do with a policy, whatever its kind.
 
-    kind = kind_of_model(policy)                                  # as the RL trainers ask it
+`CompositeRL` and `NativeRL` are the training kinds of `vlmkit.training.vlm_kinds` (build, set_trainable, data,
+load...) with the RL methods added, so that the training layer never imports the RL one:
+
+    kind = rl_kind(cfg)                                            # in a recipe
+    kind = rl_kind_of_model(policy)                                # as the RL trainers ask it
     batch = kind.prompt_batch(samples, processor, device, policy) # prompts -> Rollout (responses empty)
     rollout = kind.generate_rollout(policy, batch, tokenizer, max_new_tokens=..., temperature=...)
     logits = kind.policy_forward(policy, rollout.model_inputs(), logits_to_keep=...).logits
@@ -26,11 +30,12 @@ from vlmkit.models.model_paths import resolve_model_path
 from vlmkit.models.native.encoding import NativeEncoder
 from vlmkit.models.native.loading import load_native_vlm
 from vlmkit.training.native_parts import apply_native_lora
+from vlmkit.training.vlm_kinds import NATIVE, CompositeKind, NativeKind, VLMKind, kind_of_model, kind_of_path
 
 logger = logging.getLogger(__name__)
 
 
-class RLKind(Protocol):
+class RLKind(VLMKind, Protocol):
     """The RL methods of a model kind (see the module docstring)."""
 
     def build_reference(self, cfg) -> nn.Module: ...
@@ -61,7 +66,7 @@ class RLKind(Protocol):
     def load_critic(self, path: str, lora=None) -> nn.Module: ...
 
 
-class CompositeRL:
+class CompositeRL(CompositeKind):
     """RL with vlmkit's composite VLM."""
 
     def build_reference(self, cfg) -> nn.Module:
@@ -130,7 +135,7 @@ class CompositeRL:
         )  # fmt: skip
 
 
-class NativeRL:
+class NativeRL(NativeKind):
     """RL with a native transformers VLM (or a PeftModel on one)."""
 
     def build_reference(self, cfg) -> nn.Module:
@@ -216,3 +221,20 @@ class NativeRL:
                 target_modules=lora.lora_target_modules, modules_to_save=lora.lora_modules_to_save,
             )  # fmt: skip
         return critic
+
+
+COMPOSITE_RL, NATIVE_RL = CompositeRL(), NativeRL()
+
+
+def _with_rl(kind: VLMKind) -> RLKind:
+    return NATIVE_RL if kind is NATIVE else COMPOSITE_RL
+
+
+def rl_kind(cfg) -> RLKind:
+    """The kind of policy `cfg.model_name_or_path` names (`vlm_kinds.kind_of_path`), with its RL methods."""
+    return _with_rl(kind_of_path(getattr(cfg, "model_name_or_path", None)))
+
+
+def rl_kind_of_model(model: nn.Module) -> RLKind:
+    """The kind of a built or loaded model (`vlm_kinds.kind_of_model`), with its RL methods."""
+    return _with_rl(kind_of_model(model))
