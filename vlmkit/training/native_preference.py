@@ -7,17 +7,13 @@ turn (labels on the answer only), and a batch stacks the chosen rows first and t
 
 from __future__ import annotations
 
-import logging
-
 from torch.utils.data import Dataset
 
 from vlmkit.data.preference import answer_sample
-from vlmkit.data.records import BadSampleError, PreferenceSample, SkipCounter
-from vlmkit.data.tokenize import SampleDropped
+from vlmkit.data.records import PreferenceSample, SkipCounter
 from vlmkit.models.native.collate import NativeCollator
 from vlmkit.models.native.encoding import NativeEncoder
-
-logger = logging.getLogger(__name__)
+from vlmkit.training.native_sft import encode_all
 
 
 class NativePreferenceDataset(Dataset):
@@ -31,35 +27,21 @@ class NativePreferenceDataset(Dataset):
         on_bad_sample: str = "error",
         skips: SkipCounter | None = None,
     ):
-        if on_bad_sample not in ("error", "skip"):
-            raise ValueError(f"on_bad_sample must be 'error' or 'skip', got '{on_bad_sample}'")
         self.skips = skips if skips is not None else SkipCounter()
-        self.items: list[tuple[dict, dict]] = []
         for pair in pairs:
             if not isinstance(pair, PreferenceSample):
                 raise TypeError(
                     f"{pair.source}, record {pair.index}: not a preference row (prompt/chosen/rejected); "
                     "read the file with data_format 'preference'"
                 )
-            try:
-                chosen = encoder.encode(answer_sample(pair, pair.chosen))
-                rejected = encoder.encode(answer_sample(pair, pair.rejected))
-            except SampleDropped as err:
-                self.skips.add(err)
-                continue
-            except BadSampleError as err:
-                if on_bad_sample == "error":
-                    raise
-                self.skips.add(err)
-                continue
-            self.items.append((chosen, rejected))
-        if not self.items:
-            where = pairs[0].source if pairs else "the dataset"
-            raise ValueError(
-                f"{where}: no usable preference pairs left ({self.skips.total} skipped: {self.skips.as_dict()})"
-            )
-        if self.skips.total:
-            logger.warning("skipped %d preference pairs: %s", self.skips.total, self.skips.as_dict())
+
+        def encode(pair: PreferenceSample) -> tuple[dict, dict]:
+            chosen = encoder.encode(answer_sample(pair, pair.chosen))
+            return chosen, encoder.encode(answer_sample(pair, pair.rejected))
+
+        self.items: list[tuple[dict, dict]] = encode_all(
+            pairs, encode, on_bad_sample=on_bad_sample, skips=self.skips, what="preference pairs"
+        )
 
     def __len__(self) -> int:
         return len(self.items)

@@ -15,6 +15,29 @@ from vlmkit.training.losses import token_loss_sum
 logger = logging.getLogger(__name__)
 
 
+def encode_all(rows: list, encode, *, on_bad_sample: str, skips: SkipCounter, what: str = "samples") -> list:
+    """`encode(row)` for every row, up front: a dropped row (`SampleDropped`) is counted in `skips`; a bad one
+    (`BadSampleError`) raises, or is counted with on_bad_sample="skip". Raises when none is left."""
+    if on_bad_sample not in ("error", "skip"):
+        raise ValueError(f"on_bad_sample must be 'error' or 'skip', got '{on_bad_sample}'")
+    items = []
+    for row in rows:
+        try:
+            items.append(encode(row))
+        except SampleDropped as err:
+            skips.add(err)
+        except BadSampleError as err:
+            if on_bad_sample == "error":
+                raise
+            skips.add(err)
+    if not items:
+        where = rows[0].source if rows else "the dataset"
+        raise ValueError(f"{where}: no usable {what} left ({skips.total} skipped: {skips.as_dict()})")
+    if skips.total:
+        logger.warning("skipped %d %s: %s", skips.total, what, skips.as_dict())
+    return items
+
+
 class NativeSFTDataset(Dataset):
     """Every sample encoded up front by `encoder` (so bad ones fail or are counted before training starts)."""
 
@@ -26,26 +49,10 @@ class NativeSFTDataset(Dataset):
         on_bad_sample: str = "error",
         skips: SkipCounter | None = None,
     ):
-        if on_bad_sample not in ("error", "skip"):
-            raise ValueError(f"on_bad_sample must be 'error' or 'skip', got '{on_bad_sample}'")
         self.skips = skips if skips is not None else SkipCounter()
-        self.items: list[dict] = []
-        for sample in samples:
-            try:
-                self.items.append(encoder.encode(sample))
-            except SampleDropped as err:
-                self.skips.add(err)
-            except BadSampleError as err:
-                if on_bad_sample == "error":
-                    raise
-                self.skips.add(err)
-        if not self.items:
-            where = samples[0].source if samples else "the dataset"
-            raise ValueError(
-                f"{where}: no usable samples left ({self.skips.total} skipped: {self.skips.as_dict()})"
-            )
-        if self.skips.total:
-            logger.warning("skipped %d samples: %s", self.skips.total, self.skips.as_dict())
+        self.items: list[dict] = encode_all(
+            samples, encoder.encode, on_bad_sample=on_bad_sample, skips=self.skips
+        )
 
     def __len__(self) -> int:
         return len(self.items)
