@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections import defaultdict
 from pathlib import Path
 from types import ModuleType
 
@@ -16,6 +17,48 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 CONFIGS = RECIPES / "configs"
+
+
+# Fixtures that cost a training run: under `pytest -n 2 --dist loadgroup` (the README's full-suite command) every
+# test file that uses one of them, with the files it shares one with, runs on one worker so each is built once.
+# The pipeline's group, by far the longest, is handed out first.
+SHARED_RUNS = (
+    "pipeline_run", "weak_image_policy", "trained_stage2", "stage1_checkpoint", "stage2_baseline", "deepspeed_ops",
+)  # fmt: skip
+FIRST_GROUP = "pipeline_run"
+
+
+def worker_groups(files_to_fixtures: dict[str, set[str]]) -> dict[str, str]:
+    """{test file: group name}: files joined when they share an expensive fixture (union-find)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for path, fixtures in files_to_fixtures.items():
+        for name in fixtures & set(SHARED_RUNS):
+            parent[find(path)] = find(name)
+    groups = {}
+    for path in files_to_fixtures:
+        root = find(path)
+        groups[path] = FIRST_GROUP if find(FIRST_GROUP) == root else root
+    return groups
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark each test with its worker group (xdist's `xdist_group`), the pipeline's group first."""
+    if config.getoption("dist", "no") == "no":
+        return
+    fixtures: dict[str, set[str]] = defaultdict(set)
+    for item in items:
+        fixtures[item.nodeid.split("::")[0]].update(getattr(item, "fixturenames", ()))
+    groups = worker_groups(fixtures)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid.split("::")[0]]))
+    items.sort(key=lambda item: groups[item.nodeid.split("::")[0]] != FIRST_GROUP)  # stable: order kept
 
 
 @pytest.fixture(scope="session", autouse=True)

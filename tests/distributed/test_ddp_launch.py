@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.launching import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 COMMON = [
     "--model_name_or_path", "none", "--vision_tower", "vlmkit-tiny/clip-vision", "--language_model", "vlmkit-tiny/llama",
@@ -35,7 +37,7 @@ def test_two_process_ddp_matches_one_process(tmp_path: Path):
     two = tmp_path / "two"
     launch = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "accelerate_configs/multi_gpu.yaml"),
-        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "29517",
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
     ]  # fmt: skip
     proc = subprocess.run(
         [*launch, recipe, *COMMON, "--per_device_train_batch_size", "4", "--output_dir", str(two)],

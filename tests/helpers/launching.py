@@ -48,7 +48,8 @@ def _env() -> dict[str, str]:
     }
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port nobody listens on now (tests run in parallel: never a fixed port)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -63,7 +64,7 @@ def run_recipe(recipe: str, *args: str, config_file: str | None = None, timeout:
     else:
         cmd = [
             sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / config_file),
-            "--num_processes", "2", "--main_process_port", str(_free_port()), script, *args,
+            "--num_processes", "2", "--main_process_port", str(free_port()), script, *args,
         ]  # fmt: skip
     proc = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr[-4000:]}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from tests.helpers.launching import free_port
 from vlmkit.ssl.contrastive import (
     LogitScale,
     clip_loss,
@@ -64,12 +64,6 @@ def test_logit_scale_init_and_identity_gather():
     assert gather_with_grad(x) is x  # not distributed
     with pytest.raises(ValueError, match="same shape"):
         clip_loss(torch.randn(3, 4), torch.randn(2, 4), module())
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _inputs():
@@ -134,7 +128,7 @@ def _distributed_worker(rank: int, world_size: int, out_path: str) -> None:
 @pytest.mark.slow
 def test_two_process_loss_and_gradients_equal_single_process(tmp_path, monkeypatch):
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     out_path = str(tmp_path / "rank0.pt")
     mp.spawn(_distributed_worker, args=(2, out_path), nprocs=2, join=True)
     result = torch.load(out_path)
