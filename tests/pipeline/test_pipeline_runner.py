@@ -16,12 +16,14 @@ from vlmkit.pipeline.spec import load_pipeline, stage_argv, stage_fingerprint
 # A stand-in recipe: records its argv, fails once if asked, and writes the run-contract files.
 FAKE_RECIPE = textwrap.dedent(
     """
-    import json, sys, pathlib, os
+    import json, sys, pathlib, os, time
     args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
     out = pathlib.Path(args["--output_dir"]); out.mkdir(parents=True, exist_ok=True)
     calls = out.parent / "calls.jsonl"
+    started = time.time()
+    time.sleep(float(args.get("--sleep", "0")))
     with open(calls, "a") as f:
-        f.write(json.dumps({"stage": out.name, "argv": sys.argv[1:]}) + "\\n")
+        f.write(json.dumps({"stage": out.name, "argv": sys.argv[1:], "start": started, "end": time.time()}) + "\\n")
     if os.environ.get("FAIL_STAGE") == out.name and not (out / "partial").exists():
         (out / "partial").write_text("x")
         sys.exit(3)
@@ -145,3 +147,39 @@ def test_report_lists_every_stage_against_chance(project: Path):
     assert "<td class='good'>0.900</td><td>0.100</td>" in html
     md = (project / "out" / "report.md").read_text()
     assert "| first | fake | eval_accuracy | 0.900 | 0.100 |" in md
+
+
+def _branches(tmp: Path, fail: str | None = None) -> Path:
+    """Two independent branches (a -> a2, b) whose stages take 1.5 s each."""
+    stage = {"recipe": "fake", "config": "a.yaml"}
+    pipeline = {
+        "output_dir": "out",
+        "stages": [
+            {"name": "a", **stage, "args": {"sleep": 1.5}},
+            {"name": "b", **stage, "args": {"sleep": 1.5}},
+            {"name": "a2", **stage, "args": {"sleep": 1.5, "parent": "{a}"}},
+        ],
+    }
+    (tmp / "branches.yaml").write_text(yaml.safe_dump(pipeline))
+    return tmp / "branches.yaml"
+
+
+def test_jobs_run_independent_stages_side_by_side_after_their_parents(project: Path):
+    results = run_pipeline(load_pipeline(str(_branches(project))), jobs=2)
+    assert list(results) == ["a", "b", "a2"]  # pipeline order, whatever the finishing order
+    calls = {c["stage"]: c for c in _calls(project)}
+    assert calls["b"]["start"] < calls["a"]["end"] and calls["a"]["start"] < calls["b"]["end"]  # overlapped
+    assert calls["a2"]["start"] >= calls["a"]["end"]  # a child waits for its parent
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        run_pipeline(load_pipeline(str(_branches(project))), jobs=0)
+
+
+def test_with_jobs_a_failure_lets_the_running_stage_finish_and_starts_nothing_new(project: Path, monkeypatch):
+    monkeypatch.setenv("FAIL_STAGE", "a")
+    with pytest.raises(StageFailed, match="stage 'a' failed"):
+        run_pipeline(load_pipeline(str(_branches(project))), jobs=2)
+    assert (project / "out" / "b" / "pipeline_stage.json").is_file()  # b ran to completion beside it
+    assert not (project / "out" / "a2").exists()  # a's child never started
+    monkeypatch.delenv("FAIL_STAGE")
+    assert list(run_pipeline(load_pipeline(str(_branches(project))), jobs=2)) == ["a", "b", "a2"]
+    assert [c["stage"] for c in _calls(project)].count("b") == 1  # complete: not run again

@@ -19,6 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="How each stage starts, e.g. 'accelerate launch --config_file accelerate_configs/multi_gpu.yaml' "
         "(default: this Python).",
     )
+    parser.add_argument(
+        "--jobs", type=int, default=1,
+        help="Stages run at once when their inputs are ready (2 on a 2-core machine runs the image and audio "
+        "branches side by side; every stage's results are the same as with 1).",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
     spec = load_pipeline(args.config)
     if args.output_dir:
         spec.output_dir = args.output_dir
-    run_pipeline(spec, only=args.only, from_stage=args.from_stage, launcher=args.launcher)
+    run_pipeline(spec, only=args.only, from_stage=args.from_stage, launcher=args.launcher, jobs=args.jobs)
     return 0

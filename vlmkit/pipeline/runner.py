@@ -1,4 +1,9 @@
-"""Run the stages of a pipeline in order, each as its own process, skipping stages already complete."""
+"""Run the stages of a pipeline, each as its own process, skipping stages already complete.
+
+A stage starts once its parents are complete; with `jobs` > 1 independent stages (the image and audio branches,
+PPO / GRPO / DPO from one policy) run side by side. Each stage is the same process either way, so its results
+do not depend on `jobs`.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,16 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from vlmkit.pipeline.spec import PipelineSpec, StageSpec, stage_argv, stage_fingerprint
 from vlmkit.training.reporting import LOG_FILE, METRICS_FILE, read_log
 
 MARKER = "pipeline_stage.json"
+
+
+_LIVE: set[subprocess.Popen] = set()  # the stage processes running now (terminated on Ctrl-C)
 
 
 class StageFailed(RuntimeError):
@@ -42,8 +51,9 @@ def select_stages(spec: PipelineSpec, only: list[str] | None, from_stage: str | 
     return stages
 
 
-def _watch(proc: subprocess.Popen, log_path: Path, name: str, show_progress: bool) -> None:
-    """Show a progress bar (step/total, loss, ETA) from the stage's train_log.jsonl until it exits."""
+def _watch(proc: subprocess.Popen, log_path: Path, name: str, show_progress: bool, position: int = 0) -> None:
+    """Show a progress bar (step/total, loss, ETA) from the stage's train_log.jsonl until it exits; `position`
+    is its line when several stages run at once."""
     from tqdm.auto import tqdm
 
     bar = None
@@ -54,8 +64,9 @@ def _watch(proc: subprocess.Popen, log_path: Path, name: str, show_progress: boo
         records = read_log(log_path) if log_path.exists() else []
         if records and bar is None:
             bar = tqdm(
-                total=records[-1].get("total_steps"), desc=f"{name:>14}", dynamic_ncols=True, leave=False
-            )
+                total=records[-1].get("total_steps"), desc=f"{name:>14}", dynamic_ncols=True, leave=False,
+                position=position,
+            )  # fmt: skip
         if records and bar is not None:
             last = records[-1]
             bar.update(last["step"] - bar.n)
@@ -66,7 +77,7 @@ def _watch(proc: subprocess.Popen, log_path: Path, name: str, show_progress: boo
 
 
 def run_stage(
-    spec: PipelineSpec, stage: StageSpec, root: Path, fingerprint: str, launcher: list[str]
+    spec: PipelineSpec, stage: StageSpec, root: Path, fingerprint: str, launcher: list[str], position: int = 0
 ) -> dict:
     """Run one stage's recipe in a subprocess (resuming from its own checkpoints) and return its metrics."""
     stage_dir = root / stage.name
@@ -95,11 +106,11 @@ def run_stage(
         proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
         )
+        _LIVE.add(proc)
         try:
-            _watch(proc, stage_dir / LOG_FILE, stage.name, sys.stderr.isatty())
-        except KeyboardInterrupt:
-            proc.terminate()
-            raise
+            _watch(proc, stage_dir / LOG_FILE, stage.name, sys.stderr.isatty(), position)
+        finally:
+            _LIVE.discard(proc)
     if proc.returncode != 0:
         tail = "".join((stage_dir / "stage.log").read_text().splitlines(keepends=True)[-25:])
         raise StageFailed(
@@ -129,34 +140,85 @@ def run_pipeline(
     only: list[str] | None = None,
     from_stage: str | None = None,
     launcher: str | None = None,
+    jobs: int = 1,
 ) -> dict[str, dict]:
-    """Run the selected stages; returns {stage: metrics}. Writes report.md / report.html at the end."""
+    """Run the selected stages, up to `jobs` at once; returns {stage: metrics} in pipeline order. Writes
+    report.md / report.html at the end."""
     from vlmkit.pipeline.report import write_report
 
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
     root = Path(spec.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     launch = launcher.split() if launcher else [sys.executable]
     prints: dict[str, str] = {}
-    results: dict[str, dict] = {}
-    selected = {s.name for s in select_stages(spec, only, from_stage)}
     for stage in spec.stages:
         prints[stage.name] = stage_fingerprint(spec, stage, root, prints)
-        if stage.name not in selected:
-            continue
-        stage_dir = root / stage.name
-        if stage_is_complete(stage_dir, prints[stage.name]):
-            metrics = json.loads((stage_dir / METRICS_FILE).read_text())
-            print(summary_line(stage, metrics, None, skipped=True), flush=True)
+    selected = select_stages(spec, only, from_stage)
+    results: dict[str, dict] = {}
+    todo: list[StageSpec] = []
+    for stage in selected:
+        if stage_is_complete(root / stage.name, prints[stage.name]):
+            results[stage.name] = json.loads((root / stage.name / METRICS_FILE).read_text())
+            print(summary_line(stage, results[stage.name], None, skipped=True), flush=True)
         else:
-            missing = [p for p in stage.parents() if not stage_is_complete(root / p, prints[p])]
-            if missing:
-                raise RuntimeError(
-                    f"stage '{stage.name}' needs {missing} to be complete first (run them, or drop --only)"
-                )
-            t0 = time.perf_counter()
-            metrics = run_stage(spec, stage, root, prints[stage.name], launch)
-            print(summary_line(stage, metrics, time.perf_counter() - t0, skipped=False), flush=True)
-        results[stage.name] = metrics
+            todo.append(stage)
+    will_run = {s.name for s in todo}
+    for stage in todo:
+        missing = [
+            p for p in stage.parents() if p not in will_run and not stage_is_complete(root / p, prints[p])
+        ]
+        if missing:
+            raise RuntimeError(
+                f"stage '{stage.name}' needs {missing} to be complete first (run them, or drop --only)"
+            )
+    results.update(_run_when_ready(todo, jobs, lambda stage, slot: run_stage(
+        spec, stage, root, prints[stage.name], launch, slot
+    )))  # fmt: skip
     report = write_report(spec, root)
     print(f"[pipeline] report: {report}", flush=True)
+    return {s.name: results[s.name] for s in selected}
+
+
+def _run_when_ready(todo: list[StageSpec], jobs: int, run) -> dict[str, dict]:
+    """Start each stage (in pipeline order) once its parents in `todo` are done, `jobs` at a time.
+
+    When a stage fails, no new stage starts; the ones running finish (their work is kept) and the failure is
+    raised.
+    """
+    waiting, done, results = list(todo), set(), {}
+    names = {s.name for s in todo}
+    running: dict = {}  # future -> (stage, its progress-bar slot, start time)
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        try:
+            while running or (waiting and failure is None):
+                for stage in list(waiting):
+                    if failure is not None or len(running) >= jobs:
+                        break
+                    if all(p in done for p in stage.parents() if p in names):
+                        waiting.remove(stage)
+                        slot = min(set(range(jobs)) - {slot for _, slot, _ in running.values()})
+                        running[pool.submit(run, stage, slot)] = (stage, slot, time.perf_counter())
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    stage, _, started = running.pop(future)
+                    try:
+                        results[stage.name] = future.result()
+                    except Exception as error:  # re-raised once the running stages finish
+                        failure = failure or error
+                        if running:
+                            print(
+                                f"[pipeline] {stage.name} failed; waiting for the running stages", flush=True
+                            )
+                        continue
+                    done.add(stage.name)
+                    wall = time.perf_counter() - started
+                    print(summary_line(stage, results[stage.name], wall, skipped=False), flush=True)
+        except KeyboardInterrupt:
+            for proc in list(_LIVE):
+                proc.terminate()
+            raise
+    if failure is not None:
+        raise failure
     return results
