@@ -8,6 +8,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+from vlmkit.config.ablation import Stage1AblationConfig
 from vlmkit.config.eval import BenchmarkEvalConfig
 from vlmkit.config.grpo import GRPOConfig
 from vlmkit.config.lm import LmPretrainConfig
@@ -41,7 +42,8 @@ def _known_flags() -> set[str]:
 
     known = {"config", *EXTERNAL}
     recipe_configs = (ClipConfig, MaeConfig, Wav2Vec2PretrainConfig, Stage1Config, Stage2Config,
-                      RewardModelConfig, DPOConfig, PPOConfig, GRPOConfig, BenchmarkEvalConfig, LmPretrainConfig)  # fmt: skip
+                      RewardModelConfig, DPOConfig, PPOConfig, GRPOConfig, BenchmarkEvalConfig, LmPretrainConfig,
+                      Stage1AblationConfig)  # fmt: skip
     for cls in recipe_configs:
         known |= {f.name for f in dataclasses.fields(cls)} | set(getattr(cls, "ALIASES", {}))
     parsers = [build_parser(), launch_command_parser()]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from vlmkit.config.ablation import Stage1AblationConfig
 from vlmkit.config.eval import BenchmarkEvalConfig
 from vlmkit.config.grpo import GRPOConfig
 from vlmkit.config.lm import LmPretrainConfig
@@ -25,6 +26,7 @@ RECIPE_CONFIGS = {
     "clip_pretrain": ClipConfig, "mae_pretrain": MaeConfig, "wav2vec2_pretrain": Wav2Vec2PretrainConfig,
     "llava_stage1": Stage1Config, "llava_stage2": Stage2Config, "reward_model": RewardModelConfig,
     "dpo": DPOConfig, "ppo": PPOConfig, "grpo": GRPOConfig, "eval": BenchmarkEvalConfig, "lm_pretrain": LmPretrainConfig,
+    "stage1_ablation": Stage1AblationConfig,
 }  # fmt: skip
 SHIPPED = {
     "digits_clip.yaml": "clip_pretrain", "digits_mae.yaml": "mae_pretrain",
@@ -42,7 +44,7 @@ SHIPPED = {
     "digits_dpo.yaml": "dpo", "digits_rpo.yaml": "dpo", "digits_ppo.yaml": "ppo", "spoken_digits_ppo.yaml": "ppo",
     "ppo_llava.yaml": "ppo", "digits_ppo_verifiable.yaml": "ppo", "spoken_digits_ppo_verifiable.yaml": "ppo",
     "digits_grpo.yaml": "grpo", "spoken_digits_grpo.yaml": "grpo", "digits_eval.yaml": "eval",
-    "digits_lm_pretrain.yaml": "lm_pretrain",
+    "digits_lm_pretrain.yaml": "lm_pretrain", "digits_stage1_ablation.yaml": "stage1_ablation",
 }  # fmt: skip
 PIPELINES = ("pipeline_digits.yaml",)
 

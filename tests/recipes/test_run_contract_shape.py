@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-# recipes/eval.py trains nothing (no model to save, no card, no push): it writes its results and metrics.json
-# through the same finish_run, so it is the one recipe without a Run.
+# recipes/eval.py and recipes/stage1_ablation.py train no model of their own (nothing to save, no card, no push;
+# the ablation's runs are stage-2 recipe runs): they write metrics.json through the same finish_run, without a Run.
+WITHOUT_A_MODEL = ("eval", "stage1_ablation")
 RECIPES = sorted(
-    p for p in (Path(__file__).resolve().parents[2] / "recipes").glob("*.py") if p.stem != "eval"
+    p for p in (Path(__file__).resolve().parents[2] / "recipes").glob("*.py") if p.stem not in WITHOUT_A_MODEL
 )
 HAND_MADE = (
     "unwrap_model(",
