@@ -41,33 +41,50 @@ HEADLINE = {
     "ppo": RL_METRICS,
     "grpo": RL_METRICS,
 }
+# Optimizer steps per run: SFT one epoch of its 16 rows in batches of 4 (every row trained on), the rest two.
+STEPS = {"sft": 4, "rm": 2, "dpo": 2, "ppo": 2, "grpo": 2}
 # name in data(), embedded source file, records
 DATA = (
-    ("sft_train", "stage2_train", 16), ("sft_eval", "stage2_eval", 8), ("pref_train", "preference_train", 16),
+    ("sft_train", "stage2_train", 14), ("sft_eval", "stage2_eval", 8), ("pref_train", "preference_train", 16),
     ("pref_eval", "preference_eval", 8), ("prompts_train", "prompts_train", 8), ("prompts_eval", "prompts_eval", 4),
 )  # fmt: skip
 # (width, height) the digits are resized to, in turn: every batch mixes sizes, so LLaVA-NeXT/OneVision pick
 # several any-res grids, Idefics3 splits some images into tiles, Qwen2-VL gets several patch grids.
 SIZES = ((32, 32), (64, 32), (32, 64), (64, 64))
+# Two more SFT rows: two images in one conversation (trained on, and held out), and text only (trained on;
+# PaliGemma, a prefix-LM reading an image first, cannot take it: its run skips that row and counts it).
+TWO_IMAGES = {"image": ["images/sft_train_0.png", "images/sft_train_1.png"],
+              "conversations": [{"from": "human", "value": "<image>\n<image>\nName both digits."},
+                                {"from": "gpt", "value": "two digits"}]}  # fmt: skip
+TEXT_ONLY = {"conversations": [{"from": "human", "value": "Say a digit."}, {"from": "gpt", "value": "7"}]}
+
+
+def _resized_copies(records: list[dict], name: str, source: Path, out: Path) -> None:
+    """Each record's image resized to the next of SIZES and saved under `out`; the record points at it."""
+    from PIL import Image
+
+    for i, record in enumerate(records):
+        key = "images" if "prompt" in record else "image"
+        image = Image.open(source / (record[key][0] if key == "images" else record[key])).convert("RGB")
+        path = f"images/{name}_{i}.png"
+        image.resize(SIZES[i % len(SIZES)]).save(out / path)
+        record[key] = [path] if key == "images" else path
 
 
 @pytest.fixture(scope="module")
 def data(digits_data, tmp_path_factory) -> dict[str, str]:
     """A few embedded digits of each kind (conversations, preference pairs, prompts), images of mixed sizes."""
-    from PIL import Image
-
     out = tmp_path_factory.mktemp("native_families_data")
     (out / "images").mkdir()
     files = {"images": str(out)}
     for name, source_name, n in DATA:
         source = Path(resolve_data_path(f"vlmkit-data/digits/{source_name}.json"))
         records = json.loads(source.read_text())[:n]
-        for i, record in enumerate(records):
-            image = f"images/{name}_{i}.png"
-            Image.open(source.parent / (record.pop("image", None) or record.pop("images")[0])).convert(
-                "RGB"
-            ).resize(SIZES[i % len(SIZES)]).save(out / image)
-            record["images" if "prompt" in record else "image"] = [image] if "prompt" in record else image
+        _resized_copies(records, name, source.parent, out)
+        if name == "sft_train":
+            records[2:2] = [TWO_IMAGES, TEXT_ONLY]
+        if name == "sft_eval":
+            records.append(TWO_IMAGES)
         files[name] = str(out / f"{name}.json")
         Path(files[name]).write_text(json.dumps(records))
     return files
@@ -82,7 +99,8 @@ def _argv(stage: str, data: dict, root: Path, family: str) -> tuple[str, list[st
     pairs = ["--data_path", data["pref_train"], "--eval_data_path", data["pref_eval"], "--max_steps", "2"]
     stages = {
         "sft": ("llava_stage2", ["--data_path", data["sft_train"], "--eval_data_path", data["sft_eval"],
-                                 "--max_steps", "2", "--learning_rate", "2e-3", "--max_new_tokens", "4"]),
+                                 "--max_steps", str(STEPS["sft"]), "--learning_rate", "2e-3", "--max_new_tokens", "4",
+                                 "--on_bad_sample", "skip" if family == "paligemma" else "error"]),
         "rm": ("reward_model", [*pairs, "--learning_rate", "1e-3"]),
         "dpo": ("dpo", [*pairs, "--learning_rate", "1e-3", "--eval_prompts_path", data["prompts_eval"]]),
         "ppo": ("ppo", [*prompts, "--reward_model_name_or_path", str(root / family / "rm"),
@@ -126,7 +144,7 @@ def check_run_contract(out: Path, metrics: dict, stage: str) -> None:
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert log and all(math.isfinite(r["loss"]) for r in log if "loss" in r)
-    assert metrics["global_step"] == 2
+    assert metrics["global_step"] == STEPS[stage]
 
 
 def check_adapter_only(out: Path, *, connector: bool) -> dict[str, torch.Tensor]:
@@ -134,7 +152,9 @@ def check_adapter_only(out: Path, *, connector: bool) -> dict[str, torch.Tensor]
     files = {p.name for p in out.iterdir()}
     assert files >= ADAPTER_FILES and not files & {"model.safetensors", "config.json"}, sorted(files)
     keys = load_file(str(out / "adapter_model.safetensors"))
-    assert any("lora_B" in k for k in keys)
+    lora = [k for k in keys if "lora_" in k]
+    assert any("lora_B" in k for k in lora)
+    assert all(".language_model." in k or ".text_model." in k for k in lora), "LoRA on the LM only"
     if not connector:
         assert all("lora_" in k for k in keys), sorted(k for k in keys if "lora_" not in k)
     return keys
@@ -158,6 +178,11 @@ def test_sft_lora_reloads_with_plain_peft_merges_and_generates(family, trained, 
 
     out, metrics = trained(family, "sft")
     check_run_contract(out, metrics, "sft")
+    if family == "paligemma":  # the text-only row, named in skipped.json
+        assert metrics["skipped_samples"] == 1
+        assert "PaliGemma needs an image" in (out / "skipped.json").read_text()
+    else:
+        assert "skipped_samples" not in metrics
     keys = check_adapter_only(out, connector=True)
     assert any("lora_" not in k for k in keys), "the connector is trained in full and saved with the adapter"
     meta = front_matter(out)
