@@ -209,7 +209,7 @@ def test_sft_lora_reloads_with_plain_peft_merges_and_generates(family, trained, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", NATIVE_FAMILIES)
-def test_reward_model_lora_reloads_and_scores_as_trained(family, trained, data):
+def test_reward_model_lora_reloads_merges_and_scores_as_trained(family, trained, data, tmp_path):
     out, metrics = trained(family, "rm")
     check_run_contract(out, metrics, "rm")
     check_adapter_only(out, connector=False)
@@ -222,6 +222,12 @@ def test_reward_model_lora_reloads_and_scores_as_trained(family, trained, data):
     scores = evaluate_pairs(model, dataset, collate, batch_size=8)
     assert scores["mean_margin"] == pytest.approx(metrics["eval_mean_margin"], rel=1e-4, abs=1e-6)
     assert scores["pairwise_accuracy"] == metrics["eval_pairwise_accuracy"]
+    # merged, it is still a reward model (a full one: plain transformers backbone + the same head)
+    assert cli_main(["merge", str(out), str(tmp_path / "merged")]) == 0
+    merged, _ = load_reward_model(tmp_path / "merged")
+    assert not merged.is_peft
+    again = evaluate_pairs(merged, dataset, collate, batch_size=8)
+    assert again["mean_margin"] == pytest.approx(scores["mean_margin"], rel=1e-4, abs=1e-6)
 
 
 @pytest.mark.slow
