@@ -1,6 +1,7 @@
 """Every native VLM family's tiny stand-in (`NATIVE_FAMILIES`: LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL,
-Qwen2.5-VL, Idefics3/SmolVLM, PaliGemma, Gemma 3) through every real recipe, with LoRA: stage 2 (SFT), reward
-model, DPO, PPO (rewarded by the reward model just trained, which also starts the critic) and GRPO.
+Qwen2.5-VL, Idefics3/SmolVLM, PaliGemma, Gemma 3) through every real recipe, with LoRA: stage 2 (SFT, the
+connector and the vision tower trained in full beside the adapters), reward model, DPO, PPO (rewarded by the
+reward model just trained, which also starts the critic) and GRPO.
 
 The breadth check: a few steps each, on a handful of digits, then what a user does with the output directory
 (reload with plain transformers / peft and get the run's held-out numbers back, merge, generate). The depth
@@ -28,6 +29,7 @@ from vlmkit.models.native.tiny import NATIVE_FAMILIES, build_tiny_native
 from vlmkit.rlhf.dpo import ReferencePolicy, evaluate_dpo
 from vlmkit.rlhf.native_reward import NativeRewardModel
 from vlmkit.rlhf.reward_model import evaluate_pairs, load_reward_model
+from vlmkit.training.native_parts import native_parts
 from vlmkit.training.native_preference import NativePreferenceCollator, NativePreferenceDataset
 
 # The files every run writes (the run contract), and each recipe's headline held-out metrics.
@@ -100,7 +102,8 @@ def _argv(stage: str, data: dict, root: Path, family: str) -> tuple[str, list[st
     stages = {
         "sft": ("llava_stage2", ["--data_path", data["sft_train"], "--eval_data_path", data["sft_eval"],
                                  "--max_steps", str(STEPS["sft"]), "--learning_rate", "2e-3", "--max_new_tokens", "4",
-                                 "--on_bad_sample", "skip" if family == "paligemma" else "error"]),
+                                 "--on_bad_sample", "skip" if family == "paligemma" else "error",
+                                 "--tune_vision_tower", "true"]),
         "rm": ("reward_model", [*pairs, "--learning_rate", "1e-3"]),
         "dpo": ("dpo", [*pairs, "--learning_rate", "1e-3", "--eval_prompts_path", data["prompts_eval"]]),
         "ppo": ("ppo", [*prompts, "--reward_model_name_or_path", str(root / family / "rm"),
@@ -183,15 +186,17 @@ def test_sft_lora_reloads_with_plain_peft_merges_and_generates(family, trained, 
         assert "PaliGemma needs an image" in (out / "skipped.json").read_text()
     else:
         assert "skipped_samples" not in metrics
-    keys = check_adapter_only(out, connector=True)
-    assert any("lora_" not in k for k in keys), "the connector is trained in full and saved with the adapter"
+    base = AutoModelForImageTextToText.from_pretrained(build_tiny_native(family))
+    parts = native_parts(base)
+    full = [k for k in check_adapter_only(out, connector=True) if "lora_" not in k]
+    assert any(f"{parts.connector}." in k for k in full), "the connector is saved with the adapter"
+    assert any(f"{parts.vision}." in k and f"{parts.connector}." not in k for k in full), "and the tower"
     meta = front_matter(out)
     assert meta["library_name"] == "peft" and meta["pipeline_tag"] == "image-text-to-text"
     assert meta["base_model"] == f"vlmkit-tiny/native-{family}"
 
     held_out = {"eval": data["sft_eval"], "images": data["images"]}
     processor = load_processor(out)
-    base = AutoModelForImageTextToText.from_pretrained(build_tiny_native(family))
     untrained = held_out_loss(base, processor, held_out)
     reloaded = held_out_loss(PeftModel.from_pretrained(base, out), processor, held_out)
     assert reloaded == pytest.approx(metrics["eval_loss"], rel=1e-5)
