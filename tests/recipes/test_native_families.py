@@ -1,7 +1,7 @@
 """Every native VLM family's tiny stand-in (`NATIVE_FAMILIES`: LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL,
-Qwen2.5-VL, Idefics3/SmolVLM, PaliGemma, Gemma 3) through every real recipe, with LoRA: stage 2 (SFT, the
-connector and the vision tower trained in full beside the adapters), reward model, DPO, PPO (rewarded by the
-reward model just trained, which also starts the critic) and GRPO.
+Qwen2.5-VL, Qwen3-VL, Idefics3/SmolVLM, PaliGemma, Gemma 3) through every real recipe, with LoRA: stage 2
+(SFT, the connector and the vision tower trained in full beside the adapters), reward model, DPO, PPO
+(rewarded by the reward model just trained, which also starts the critic) and GRPO.
 
 The breadth check: a few steps each, on a handful of digits, then what a user does with the output directory
 (reload with plain transformers / peft and get the run's held-out numbers back, merge, generate). The depth
