@@ -101,7 +101,7 @@ def _argv(stage: str, data: dict, root: Path, family: str) -> tuple[str, list[st
     pairs = ["--data_path", data["pref_train"], "--eval_data_path", data["pref_eval"]]
     stages = {
         "sft": ("llava_stage2", ["--data_path", data["sft_train"], "--eval_data_path", data["sft_eval"],
-                                 "--learning_rate", "2e-3", "--max_new_tokens", "4",
+                                 "--learning_rate", "5e-4", "--max_new_tokens", "4",
                                  "--on_bad_sample", "skip" if family == "paligemma" else "error",
                                  "--tune_vision_tower", "true"]),
         "rm": ("reward_model", [*pairs, "--learning_rate", "1e-3"]),
@@ -206,9 +206,13 @@ def test_sft_lora_reloads_with_plain_peft_merges_and_generates(family, trained, 
     plain = AutoModelForImageTextToText.from_pretrained(merged)
     assert type(plain).__name__ == type(base).__name__
     assert held_out_loss(plain, load_processor(merged), held_out) == pytest.approx(reloaded, rel=1e-4)
-    first = json.loads((out / "eval_examples.json").read_text())[0]  # the recipe's own held-out answer
+    # the recipe's own held-out answer to a one-image question (the longest: an untrained answer is often
+    # empty), generated again
+    examples = json.loads((out / "eval_examples.json").read_text())
+    one_image = [e for e in examples if e["question"].count("<image>") == 1]
+    shown = max(one_image, key=lambda e: len(e["prediction"]))
     for checkpoint in (out, merged):
-        assert generate(capsys, checkpoint, first) == first["prediction"]
+        assert generate(capsys, checkpoint, shown) == shown["prediction"]
 
 
 @pytest.mark.slow
