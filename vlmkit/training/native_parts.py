@@ -78,6 +78,8 @@ def set_native_trainable(
     else:  # the tower, then the connector: Qwen2-VL's merger lives inside the tower
         base.get_submodule(parts.vision).requires_grad_(tune_vision_tower)
         base.get_submodule(parts.connector).requires_grad_(tune_connector)
+        for p in _outside_the_parts(base, parts):  # LLaVA-NeXT/OneVision's image_newline: connector-side
+            p.requires_grad_(tune_connector)
     trainable, frozen = count_parameters(model)
     logger.info(
         "trainable %d / frozen %d parameters (vision tower %s, connector %s, language model %s)",
@@ -85,6 +87,14 @@ def set_native_trainable(
         "LoRA" if is_peft else ("trained" if tune_language_model else "frozen"),
     )  # fmt: skip
     return trainable, frozen
+
+
+def _outside_the_parts(model: nn.Module, parts: NativeParts) -> list[nn.Parameter]:
+    """Parameters in none of the three parts nor the LM head (LLaVA-NeXT's learned `image_newline`). They train
+    with the connector in full fine-tuning; beside LoRA they stay as they are (peft saves modules only)."""
+    prefixes = tuple(f"{name}." for name in (parts.vision, parts.connector, parts.language_model))
+    head = {id(p) for p in model.get_output_embeddings().parameters()}
+    return [p for n, p in model.named_parameters() if not n.startswith(prefixes) and id(p) not in head]
 
 
 def _in_tower(name: str, parts: NativeParts) -> bool:

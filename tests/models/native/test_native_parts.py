@@ -20,7 +20,9 @@ def test_parts_are_found(family):
     assert parts.language_model in ("model.language_model", "model.text_model")
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize(
+    "family", ["llava", "qwen2_vl", "llava_next"]
+)  # llava_next: its image_newline trains
 def test_full_fine_tuning_freezes_only_the_tower(family):
     model, _ = load_native_vlm(build_tiny_native(family))
     set_native_trainable(model)
