@@ -90,3 +90,24 @@ def test_merge_refuses_a_full_checkpoint(adapter_checkpoint, tmp_path, capsys):
     assert cli_main(["merge", str(full), str(tmp_path / "again")]) == 2
     assert "holds no LoRA adapter" in capsys.readouterr().err
     assert not (tmp_path / "again").exists()
+
+
+def test_a_reward_models_adapter_merges_into_a_reward_model(adapter_checkpoint, tmp_path):
+    """The score head goes along: the merged directory loads as a reward model and scores as the adapter did."""
+    from vlmkit.rlhf.reward_model import RewardModel
+
+    vlm, processor = load_vlm(str(adapter_checkpoint))
+    torch.manual_seed(1)
+    reward_dir = tmp_path / "reward_model"
+    RewardModel(vlm).save_pretrained(reward_dir)
+    processor.save_pretrained(reward_dir)
+    adapter = RewardModel.from_pretrained(reward_dir)
+    assert adapter.is_peft
+    assert cli_main(["merge", str(reward_dir), str(tmp_path / "merged")]) == 0
+    merged = RewardModel.from_pretrained(tmp_path / "merged")
+    assert not merged.is_peft
+    inputs = _inputs(processor)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(*inputs), adapter(*inputs), atol=1e-5, rtol=1e-5)
+        with adapter.language_model.disable_adapter():  # the adapter matters to the score
+            assert (adapter(*inputs) - merged(*inputs)).abs().max() > 1e-4

@@ -93,7 +93,7 @@ def test_native_rollout_logprobs_equal_the_trainers_recomputed_ones(family, tmp_
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "family", ["llava_next", "llava_onevision", "qwen2_5_vl", "idefics3", "paligemma", "gemma3"]
+    "family", ["llava_next", "llava_onevision", "qwen2_5_vl", "qwen3_vl", "idefics3", "paligemma", "gemma3"]
 )
 def test_every_native_family_samples_what_the_trainer_scores(family, tmp_path):
     """Any-res patches, image splitting, token types: each family's media inputs reach both passes alike."""

@@ -26,6 +26,7 @@ FAMILIES = [
     "llava_onevision",
     "qwen2_vl",
     "qwen2_5_vl",
+    "qwen3_vl",
     "idefics3",
     "paligemma",
     "gemma3",

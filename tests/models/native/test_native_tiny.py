@@ -19,6 +19,7 @@ EXPECTED_CLASSES = {
     "llava_onevision": "LlavaOnevisionForConditionalGeneration",
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
     "idefics3": "Idefics3ForConditionalGeneration",
     "paligemma": "PaliGemmaForConditionalGeneration",
     "gemma3": "Gemma3ForConditionalGeneration",

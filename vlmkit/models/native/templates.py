@@ -42,6 +42,7 @@ def _chatml(image: str, default_system: str | None) -> str:
 
 
 QWEN2_VL = _chatml("<|vision_start|><|image_pad|><|vision_end|>", "You are a helpful assistant.")
+QWEN3_VL = _chatml("<|vision_start|><|image_pad|><|vision_end|>", None)  # Instruct: no default system turn
 LLAVA_ONEVISION = _chatml("<image>\\n", None)
 LLAVA = (
     "{{ '<s>' }}{% for message in messages %}"
@@ -84,6 +85,7 @@ TEMPLATES = {
     "llava_onevision": LLAVA_ONEVISION,
     "qwen2_vl": QWEN2_VL,
     "qwen2_5_vl": QWEN2_VL,
+    "qwen3_vl": QWEN3_VL,
     "idefics3": IDEFICS3,
     "paligemma": PALIGEMMA,
     "gemma3": GEMMA3,
@@ -95,6 +97,7 @@ END_OF_TURN = {
     "llava_onevision": "<|im_end|>",
     "qwen2_vl": "<|im_end|>",
     "qwen2_5_vl": "<|im_end|>",
+    "qwen3_vl": "<|im_end|>",
     "idefics3": "<end_of_utterance>",
     "paligemma": "<eos>",
     "gemma3": "<end_of_turn>",

@@ -123,15 +123,23 @@ def _qwen2_vl(family: str):
     vision = dict(
         depth=2, hidden_size=64, num_heads=4, patch_size=16, spatial_merge_size=2, temporal_patch_size=2
     )
+    ids = dict(image_token_id=image_id, video_token_id=video_id, vision_start_token_id=start_id)
     if family == "qwen2_vl":
         vision = {**vision, "embed_dim": 128}
         config_cls, processor_cls = tf.Qwen2VLConfig, tf.Qwen2VLProcessor
-    else:
+    elif family == "qwen2_5_vl":
         vision = {**vision, "out_hidden_size": 64, "intermediate_size": 128, "window_size": 32,
                   "fullatt_block_indexes": [1]}  # fmt: skip
         config_cls, processor_cls = tf.Qwen2_5_VLConfig, tf.Qwen2_5_VLProcessor
-    config = config_cls(text_config=text, vision_config=vision, image_token_id=image_id,
-                        video_token_id=video_id, vision_start_token_id=start_id)  # fmt: skip
+    else:  # Qwen3-VL: interleaved M-RoPE, learned vision positions, deep-stacked features from block 0
+        vision = {**vision, "out_hidden_size": 64, "intermediate_size": 128, "num_position_embeddings": 16,
+                  "deepstack_visual_indexes": [0]}  # fmt: skip
+        text["rope_parameters"] = {**text["rope_parameters"], "mrope_interleaved": True}
+        text.pop("tie_word_embeddings")
+        ids = {**ids, "vision_end_token_id": tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+               "tie_word_embeddings": False}  # fmt: skip
+        config_cls, processor_cls = tf.Qwen3VLConfig, tf.Qwen3VLProcessor
+    config = config_cls(text_config=text, vision_config=vision, **ids)
     images = tf.Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
                                          size={"shortest_edge": 32 * 32, "longest_edge": 128 * 128})  # fmt: skip
     with image_only(processor_cls):
@@ -198,6 +206,7 @@ BUILDERS: dict[str, Callable] = {
     "llava_onevision": _llava_like,
     "qwen2_vl": _qwen2_vl,
     "qwen2_5_vl": _qwen2_vl,
+    "qwen3_vl": _qwen2_vl,
     "idefics3": _idefics3,
     "paligemma": _paligemma,
     "gemma3": _gemma3,
