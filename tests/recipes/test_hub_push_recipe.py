@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from huggingface_hub import constants
 
 from tests.helpers.recording_hub import RecordingHub
@@ -108,3 +109,48 @@ def test_push_without_repo_id_is_refused_before_training(recipe, hub_env, tmp_pa
     with pytest.raises(ValueError, match="--hub_model_id"):
         stage2.main(stage2_argv(tmp_path / "run", "--push_to_hub", "true"))
     assert not (tmp_path / "run" / "train_log.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_native_vlm_lora_pushes_an_adapter_that_loads_with_plain_peft(recipe, hub_env, digits_data, tmp_path):
+    """A Qwen2-VL stand-in with LoRA: the pushed repository is a peft adapter with the processor files and a card
+    naming its base model; what was uploaded loads with PeftModel onto the base and gives the run's model."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    from vlmkit.models.native.tiny import build_tiny_native
+
+    base = build_tiny_native("qwen2_vl")
+    out = tmp_path / "run"
+    argv = [
+        "--model_name_or_path", "vlmkit-tiny/native-qwen2_vl", "--use_lora", "true", "--lora_r", "4",
+        "--data_path", "vlmkit-data/digits/stage2_train.json", "--eval_data_path", "none", "--max_steps", "2",
+        "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--report_to", "none",
+        "--output_dir", str(out), "--push_to_hub", "true", "--hub_model_id", "tester/qwen2-vl-digits-lora",
+    ]  # fmt: skip
+    with RecordingHub(token=TOKEN) as hub:
+        hub_env.setenv("HF_ENDPOINT", hub.url)
+        recipe("llava_stage2").main(argv)
+
+    committed = hub.committed_files()
+    for name in ("README.md", "adapter_config.json", "adapter_model.safetensors", "chat_template.jinja",
+                 "processor_config.json", "tokenizer.json", "tokenizer_config.json", "metrics.json"):  # fmt: skip
+        assert name in committed, sorted(committed)
+    assert not [p for p in committed if p.endswith("model.safetensors") and p != "adapter_model.safetensors"]
+    card = yaml.safe_load(committed["README.md"].decode().split("---")[1])
+    assert card["library_name"] == "peft" and card["pipeline_tag"] == "image-text-to-text"
+    assert card["base_model"] == "vlmkit-tiny/native-qwen2_vl"  # the name the user passed
+    downloaded = tmp_path / "downloaded"
+    for name, data in committed.items():
+        (downloaded / name).parent.mkdir(parents=True, exist_ok=True)
+        (downloaded / name).write_bytes(data)
+    pushed = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), downloaded).eval()
+    saved = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), out).eval()
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.equal(pushed(input_ids=ids).logits, saved(input_ids=ids).logits)
+        plain = AutoModelForImageTextToText.from_pretrained(base).eval()(input_ids=ids).logits
+    assert not torch.allclose(pushed(input_ids=ids).logits, plain)  # the adapter is trained, not a no-op
+    for req in hub.requests:
+        assert TOKEN not in req.path and TOKEN.encode() not in req.body
