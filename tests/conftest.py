@@ -7,6 +7,7 @@ tests never read or write ~/.cache and never depend on the caller's VLMKIT_* var
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -50,7 +51,7 @@ def worker_groups(files_to_fixtures: dict[str, set[str]]) -> dict[str, str]:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Mark each test with its worker group (xdist's `xdist_group`), the pipeline's group first."""
-    if config.getoption("dist", "no") == "no":
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # serial run, or xdist's controller (it reads the marks)
         return
     fixtures: dict[str, set[str]] = defaultdict(set)
     for item in items:
