@@ -30,7 +30,8 @@ FIRST_GROUP = "pipeline_run"
 
 
 def worker_groups(files_to_fixtures: dict[str, set[str]]) -> dict[str, str]:
-    """{test file: group name}: files joined when they share an expensive fixture (union-find)."""
+    """{test file: group name}: files joined when they share an expensive fixture (union-find); a group is named
+    by its smallest member, so every worker names it alike."""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -41,11 +42,10 @@ def worker_groups(files_to_fixtures: dict[str, set[str]]) -> dict[str, str]:
     for path, fixtures in files_to_fixtures.items():
         for name in fixtures & set(SHARED_RUNS):
             parent[find(path)] = find(name)
-    groups = {}
-    for path in files_to_fixtures:
-        root = find(path)
-        groups[path] = FIRST_GROUP if find(FIRST_GROUP) == root else root
-    return groups
+    members: dict[str, list[str]] = defaultdict(list)
+    for x in list(parent) + list(files_to_fixtures):
+        members[find(x)].append(x)
+    return {path: min(members[find(path)]) for path in files_to_fixtures}
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -57,9 +57,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         fixtures[item.nodeid.split("::")[0]].update(getattr(item, "fixturenames", ()))
     groups = worker_groups(fixtures)
+    first = groups.get(next((p for p in fixtures if FIRST_GROUP in fixtures[p]), ""), FIRST_GROUP)
     for item in items:
         item.add_marker(pytest.mark.xdist_group(groups[item.nodeid.split("::")[0]]))
-    items.sort(key=lambda item: groups[item.nodeid.split("::")[0]] != FIRST_GROUP)  # stable: order kept
+    items.sort(key=lambda item: groups[item.nodeid.split("::")[0]] != first)  # stable: order kept
 
 
 @pytest.fixture(scope="session", autouse=True)
