@@ -112,8 +112,8 @@ def test_shared_prompt_pass_gives_the_full_pass_log_probs_and_gradients(policy, 
 
 
 def test_the_full_pass_runs_where_sharing_would_change_the_output(policy):
-    """Hidden states (PPO's value head), every position's logits, or activation checkpointing in training (no
-    KV cache there): no sharing."""
+    """Hidden states (PPO's value head), every position's logits, parameters partitioned across processes, or
+    activation checkpointing in training (no KV cache there): no sharing."""
     model, processor = copy.deepcopy(policy[0]).train(), policy[1]
     torch.manual_seed(0)
     rollout = generate_rollout(
@@ -124,6 +124,10 @@ def test_the_full_pass_runs_where_sharing_would_change_the_output(policy):
     assert not can_share(model, inputs, keep, output_hidden_states=True)
     assert not can_share(model, inputs, 0, output_hidden_states=False)
     assert not can_share(model, {**inputs, "shared_prompts": None}, keep, output_hidden_states=False)
+    param = next(model.parameters())
+    param.ds_id = 0  # DeepSpeed ZeRO-3's mark: each process must run the same passes
+    assert not can_share(model, inputs, keep, output_hidden_states=False)
+    del param.ds_id
     model.language_model.gradient_checkpointing_enable()
     assert not can_share(model, inputs, keep, output_hidden_states=False)
     logits = COMPOSITE_RL.policy_forward(model, inputs, logits_to_keep=keep).logits

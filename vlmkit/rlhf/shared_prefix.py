@@ -76,12 +76,25 @@ def _cache_keyword(model_class: type) -> str:
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
+def partitioned(module: nn.Module) -> bool:
+    """Whether `module`'s parameters are split across processes (DeepSpeed ZeRO-3 marks them with `ds_id`, FSDP2
+    makes them DTensors, FSDP1 flattens them). Each forward then gathers them collectively, so every process
+    must run the same passes, while how many of its rows repeat a prompt differs: no sharing there."""
+    param = next(iter(module.parameters()), None)
+    if param is None:
+        return False
+    return (
+        hasattr(param, "ds_id") or hasattr(param, "_local_tensor") or type(param).__name__ == "FlatParameter"
+    )
+
+
 def can_share(policy: nn.Module, inputs: dict, logits_to_keep: int, output_hidden_states: bool) -> bool:
     """Whether `shared_prefix_forward` computes what `policy`'s full pass over `inputs` would return: a
     repeated prompt, logits wanted for the tail only (no hidden states), no activation checkpointing in
-    training (which turns the cache off) and no media placeholder in the tail."""
+    training (which turns the cache off), no media placeholder in the tail, and parameters that are not
+    partitioned across processes (see `partitioned`)."""
     shared: SharedPrompts | None = inputs.get("shared_prompts")
-    if shared is None or output_hidden_states:
+    if shared is None or output_hidden_states or partitioned(policy):
         return False
     tail = inputs["input_ids"].shape[1] - (shared.prompt_length - 1)
     if not 0 < logits_to_keep <= tail:
