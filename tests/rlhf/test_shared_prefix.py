@@ -1,6 +1,7 @@
 """Rows that repeat a prompt (GRPO's groups) compute it once: the same tokens, log-probs and gradients as
 the full per-row passes, with images and without, left-padded prompts and shuffled rows."""
 
+import contextlib
 import copy
 
 import numpy as np
@@ -132,3 +133,31 @@ def test_the_full_pass_runs_where_sharing_would_change_the_output(policy):
     assert not can_share(model, inputs, keep, output_hidden_states=False)
     logits = COMPOSITE_RL.policy_forward(model, inputs, logits_to_keep=keep).logits
     assert logits.shape[:2] == (len(rollout), keep)
+
+
+def test_a_lora_policy_and_its_adapters_off_reference_share_prompts_alike(policy):
+    """peft's model passes the KV cache through: with adapters on (the policy) and off (the reference)."""
+    from vlmkit.config.args import LoraArgs
+    from vlmkit.models.build import apply_lora
+
+    model = apply_lora(copy.deepcopy(policy[0]), LoraArgs(use_lora=True, lora_r=4, lora_dropout=0.0))
+    with torch.no_grad():  # adapters that change the output (peft starts them at zero)
+        for name, param in model.language_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
+    processor = policy[1]
+    torch.manual_seed(0)
+    batch = make_prompt_batch(_prompts(True), processor, "cpu")
+    rollout = generate_rollout(model, batch, processor.tokenizer, max_new_tokens=4)
+    inputs, keep = rollout.model_inputs(), rollout.logits_to_keep
+    assert can_share(model, inputs, keep, output_hidden_states=False)
+    outputs = []
+    for adapters in (contextlib.nullcontext, lambda: COMPOSITE_RL.adapters_disabled(model)):
+        for shared in (inputs["shared_prompts"], None):
+            with torch.no_grad(), adapters():
+                pass_inputs = {**inputs, "shared_prompts": shared}
+                logits = COMPOSITE_RL.policy_forward(model, pass_inputs, logits_to_keep=keep).logits
+            outputs.append(response_logprobs(logits, rollout)[0])
+    on_shared, on_full, off_shared, off_full = outputs
+    assert torch.allclose(on_shared, on_full, atol=1e-6) and torch.allclose(off_shared, off_full, atol=1e-6)
+    assert (on_full - off_full).abs().max() > 1e-3  # the adapters matter, so both paths were tested
