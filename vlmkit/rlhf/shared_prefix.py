@@ -10,8 +10,10 @@ and gathered for every row (`Cache.batch_select_indices`); only the rest runs on
   and the last T + 1 (those whose logits the pass keeps) per row (`shared_prefix_forward`). With a gradient,
   the gather sums the rows' gradients into their shared prompt, as the full pass sums them over its copies;
 - a frozen encoder encodes each distinct media item once (`SharedPrompts.media_rows`).
-This regroups the same computation: the logits equal the full pass's (bitwise on CPU in the tests), the
-gradients up to the order in which float additions are made. Shapes as in `vlmkit.rlhf.rollout`.
+This regroups the same computation: logits and gradients equal the full pass's up to float rounding (products
+over fewer rows, and the gradient sums, may round differently), so sampled tokens stay the same unless a draw
+falls within rounding of a boundary; over a long run such differences can grow as any rounding change does.
+Shapes as in `vlmkit.rlhf.rollout`.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def shared_prompts(
 
 
 def _cache_name(language_model: nn.Module) -> str:
-    """The KV cache's keyword in this transformers version: `cache` (5.2x on) or `past_key_values`."""
+    """The KV cache's keyword in this transformers version: `cache` (later 5.x) or `past_key_values`."""
     base = language_model.get_base_model() if hasattr(language_model, "get_base_model") else language_model
     return _cache_keyword(type(base))
 
