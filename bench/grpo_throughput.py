@@ -11,6 +11,9 @@ What is compared. TRL cannot load vlmkit's composite VLM (encoder + connector + 
   passes so that every rank runs the same graph, work TRL does not do);
 - TRL: `trl.GRPOTrainer` on that VLM's language model (same weights and tokenizer, saved with
   save_pretrained), loaded with `AutoModelForCausalLM`.
+What differs is how the work is organised: vlmkit computes each prompt once per group (generation prefills
+it once and gathers its KV cache for the group's completions; the reference and update passes run each
+distinct prompt once and the completions per row: `vlmkit.rlhf.shared_prefix`), TRL once per completion.
 Same prompts (chat template, one user turn), reward (a Python function: 1 when the completion holds the
 answer digit), group size (`num_generations`), completions per step (`per_device_train_batch_size`, one
 micro-batch, one generation per optimizer step), max completion length, sampling (temperature 1, top-p 1,
@@ -278,11 +281,13 @@ def main(argv: list[str] | None = None) -> dict:
         f"**grpo_speedup_vs_trl = {speedup:.3f}** (completions per CPU-second, vlmkit / TRL).\n\n"
         f"Where vlmkit's step goes (CPU time): "
         + ", ".join(f"{k} {v:.0%}" for k, v in phases.items())
-        + " (generation is transformers' `generate` with the KV cache, the same call TRL makes).\n\n"
+        + " (generation is transformers' `generate` with the KV cache, the same call TRL makes; vlmkit "
+        "prefills each prompt once per group and its reference and update passes run each distinct prompt "
+        "once, `vlmkit/rlhf/shared_prefix.py`).\n\n"
         f"The machine is shared: 1-minute load average {load[0]:.1f} before and {load[1]:.1f} after, on "
         f"{os.cpu_count()} cores. CPU time still moves with the load (cache and core contention), so only "
-        "the ratio within one run counts. On 2026-12-04, runs of the same code with 2 rounds gave 1.23, 1.35 "
-        "and 1.51, hence 4 rounds by default.\n\n"
+        "the ratio within one run counts. On 2026-12-04, runs of one version of the code (before the shared "
+        "prompt passes) with 2 rounds gave 1.23, 1.35 and 1.51, hence 4 rounds by default.\n\n"
         f"{args.rounds} alternating runs per framework of {args.steps} steps (measured: steps 2..n) of {args.prompts_per_step} prompts x "
         f"{args.num_generations} completions, up to {args.max_completion_length} completion tokens, "
         f"beta {args.beta}, loss_type {args.loss_type}, learning rate {LEARNING_RATE}.\n\n"

@@ -126,7 +126,12 @@ class CompositeRL(CompositeKind):
 
     def policy_forward(self, policy: nn.Module, inputs: dict, *, logits_to_keep: int = 0,
                        output_hidden_states: bool = False):  # fmt: skip
-        """`policy`'s output on `Rollout.model_inputs()` (cached encoder features used when present)."""
+        """`policy`'s output on `Rollout.model_inputs()` (cached encoder features used when present); rows
+        that repeat a prompt share its pass when only the tail's logits are wanted (`shared_prefix`)."""
+        from vlmkit.rlhf.shared_prefix import can_share, shared_prefix_forward
+
+        if can_share(policy, inputs, logits_to_keep, output_hidden_states):
+            return shared_prefix_forward(policy, inputs, logits_to_keep)
         features = inputs.get("media_features")
         return policy(
             inputs["input_ids"], inputs["attention_mask"], None if features is not None else inputs.get("media"),

@@ -19,6 +19,7 @@ from vlmkit.data.prompts import left_padded_batch, prepare_prompts
 from vlmkit.data.records import Sample
 from vlmkit.models.encoders import encode
 from vlmkit.rlhf.ppo_math import logprobs_from_logits
+from vlmkit.rlhf.shared_prefix import SharedPrompts, can_share, prefilled_cache, shared_prompts
 
 if TYPE_CHECKING:
     from vlmkit.rlhf.native_rollout import NativePrompts
@@ -85,21 +86,29 @@ class Rollout:
         the LM head skips the prompt."""
         return self.response_ids.shape[1] + 1
 
+    def shared_prompts(self) -> SharedPrompts | None:
+        """The rows that repeat a prompt (GRPO's groups), whose prompt a composite VLM computes once
+        (`vlmkit.rlhf.shared_prefix`); None when every prompt is distinct, and for a native VLM."""
+        if self.native is not None:
+            return None
+        return shared_prompts(self.samples, self.media_counts, self.query_ids.shape[1], self.query_ids.device)
+
     def model_inputs(self) -> dict[str, Tensor | None]:
         """Prompt + response as one sequence (B, P+T): input_ids, attention_mask, position_ids, media and
-        media_features (the cached encoder outputs, or None); for a native VLM also its processor's media
-        inputs (pixel_values, image_grid_thw, token_type_ids...).
+        media_features (the cached encoder outputs, or None); for the composite VLM shared_prompts (see
+        `shared_prompts()`), for a native VLM its processor's media inputs (pixel_values, image_grid_thw...).
 
         Position ids count real tokens only (cumsum of the mask), exactly as `generate` numbered them.
         """
         input_ids = torch.cat([self.query_ids, self.response_ids], dim=1)
         attention_mask = torch.cat([self.query_mask.long(), self.response_mask.long()], dim=1)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        extra = {}
         if self.native is not None:
             extra = self.native.media_inputs(
                 self.query_ids.shape[1], self.response_ids.shape[1], input_ids.device
             )
+        else:
+            extra = {"shared_prompts": self.shared_prompts()}
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -171,26 +180,31 @@ def generate_rollout(
 
     Sampling is from softmax(logits / temperature) (top-k off; nucleus when top_p < 1); the media
     placeholder token is never generated (it would be read as an image or clip in later forward passes).
-    A frozen encoder runs once here; its features travel with the rollout. `return_logprobs` keeps the
+    A frozen encoder runs once here, once per distinct media item; its features travel with the rollout.
+    Rows that repeat a prompt share its prefill (`vlmkit.rlhf.shared_prefix`). `return_logprobs` keeps the
     sampling log-probs of the response tokens (the trainer recomputes them; they are for checks and for
     engines that return them for free), at the cost of holding (B, T, V) logits.
     """
     switch = model.training and eval_mode
     if switch:
         model.eval()
-    features = batch.media_features
+    features, shared = batch.media_features, batch.shared_prompts()
     if (
         features is None
         and batch.media is not None
         and not any(p.requires_grad for p in model.encoder.parameters())
-    ):
-        features = encode(model.encoder, batch.media, model.config.feature_layer, model.config.drop_cls_token)
+    ):  # each distinct media item once
+        media = batch.media if shared is None else batch.media[shared.media_rows]
+        features = encode(model.encoder, media, model.config.feature_layer, model.config.drop_cls_token)
+        features = features if shared is None else features[shared.media_index]
+    inputs = {**batch.model_inputs(), "media_features": features, "shared_prompts": shared}
+    cache = prefilled_cache(model, inputs) if can_share(model, inputs, 1, False) else {}
     generated = model.generate(
         batch.query_ids, batch.query_mask, None if features is not None else batch.media, features,
         max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature if do_sample else None,
         top_p=top_p if do_sample else None, top_k=0 if do_sample else None,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        return_dict_in_generate=return_logprobs, output_logits=return_logprobs,
+        return_dict_in_generate=return_logprobs, output_logits=return_logprobs, **cache,
     )  # fmt: skip
     if switch:
         model.train()

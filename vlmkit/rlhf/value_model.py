@@ -25,6 +25,7 @@ from vlmkit.models.build import apply_lora
 from vlmkit.models.vlm import VLM
 from vlmkit.rlhf.reward_model import HEAD_FILE, RewardModel
 from vlmkit.rlhf.rl_kinds import rl_kind_of_model
+from vlmkit.rlhf.shared_prefix import SharedPrompts
 from vlmkit.training.freeze import count_parameters
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class ActorCritic(nn.Module):
         media_features: Tensor | None = None,
         with_values: bool = True,
         logits_to_keep: int = 0,
+        shared_prompts: SharedPrompts | None = None,
         **media_inputs: Tensor,
     ) -> tuple[Tensor, Tensor | None]:
         """Policy logits (B, L, V) and values (B, L) float32 (None when `with_values` is False).
@@ -74,13 +76,14 @@ class ActorCritic(nn.Module):
         still cover every position.
 
         `media_features` (n, N, D_enc) are the policy encoder's cached outputs; the critic, whose encoder
-        may differ, always reads `media`. `media_inputs`: a native VLM's processor inputs (pixel_values...).
+        may differ, always reads `media`. `shared_prompts`: rows that repeat a prompt, whose prompt the policy
+        computes once (`vlmkit.rlhf.shared_prefix`). `media_inputs`: a native VLM's processor inputs.
         """
         if with_values and self.kind == "none":
             raise ValueError("this policy has no value model: call it with with_values=False")
         want_hidden = with_values and self.value_head is not None
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, media=media,
-                      media_features=media_features, **media_inputs)  # fmt: skip
+                      media_features=media_features, shared_prompts=shared_prompts, **media_inputs)  # fmt: skip
         out = self.policy_kind.policy_forward(
             self.policy, inputs, logits_to_keep=logits_to_keep, output_hidden_states=want_hidden
         )
