@@ -102,6 +102,24 @@ def test_qwen2_vl_rows_carry_per_sample_mrope_positions(native_vlm):
     assert not torch.equal(positions[1], positions[0]) and not torch.equal(positions[2], positions[3])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_eager_attention_gets_the_same_packed_logits(family, native_vlm):
+    """Eager attention adds the mask to its scores: the block mask is additive there, not boolean."""
+    from transformers import AutoModelForImageTextToText
+
+    _, processor, path = native_vlm(family)
+    model = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="eager").eval()
+    assert model.config.get_text_config()._attn_implementation == "eager"
+    items = [NativeEncoder(processor, family).encode(s) for s in _samples()[:2]]
+    pad = processor.tokenizer.pad_token_id
+    packed = _sample_logits(model, NativePackedCollator(pad, family, rope_index=mrope_index(model))([items]))
+    n = items[0]["input_ids"].shape[1]
+    for got, item in ((packed[0, :n], items[0]), (packed[0, n:], items[1])):
+        expected = _sample_logits(model, NativeCollator(pad, family)([item]))[0]
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_a_one_dimensional_family_has_no_mrope_index(native_vlm):
     assert mrope_index(native_vlm("llava")[0]) is None
 
