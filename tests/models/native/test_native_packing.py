@@ -120,6 +120,25 @@ def test_eager_attention_gets_the_same_packed_logits(family, native_vlm):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llava_next", "idefics3", "qwen2_vl"])
+def test_flattened_batch_is_one_row_with_the_same_logits(family, native_vlm):
+    """flatten (flash-attn varlen) puts every row's samples in one row; media stay in sample order."""
+    model, processor, _ = native_vlm(family)
+    model.eval()
+    items = [NativeEncoder(processor, family).encode(s) for s in _samples()]
+    pad, rope_index = processor.tokenizer.pad_token_id, mrope_index(model)
+    rows = NativePackedCollator(pad, family, rope_index=rope_index)([items[:2], items[2:]])
+    flat = NativePackedCollator(pad, family, rope_index=rope_index, flatten=True)([items[:2], items[2:]])
+    assert flat["input_ids"].shape == (1, sum(it["input_ids"].shape[1] for it in items))
+    split = sum(it["input_ids"].shape[1] for it in items[:2])
+    flat_logits, row_logits = _sample_logits(model, flat)[0], _sample_logits(model, rows)
+    torch.testing.assert_close(flat_logits[:split], row_logits[0, :split], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        flat_logits[split:], row_logits[1, : len(flat_logits) - split], rtol=1e-5, atol=1e-5
+    )
+
+
 def test_a_one_dimensional_family_has_no_mrope_index(native_vlm):
     assert mrope_index(native_vlm("llava")[0]) is None
 
