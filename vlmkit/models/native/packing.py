@@ -6,7 +6,7 @@ would for an unpacked batch. Position ids restart at 0 for every sample, and `na
 boundaries to the attention explicitly (`vlmkit.models.packed_attention`: a 4-D block-diagonal causal mask for
 sdpa/eager, flash-attn varlen offsets for one flattened row), as the composite model does.
 
-- 1-D RoPE families (LLaVA, LLaVA-NeXT, LLaVA-OneVision, Idefics3/SmolVLM): positions `arange` per sample.
+- 1-D RoPE families (LLaVA, LLaVA-NeXT, LLaVA-OneVision, Idefics3 = SmolVLM v1): positions `arange` per sample.
 - M-RoPE families (Qwen2-VL, Qwen2.5-VL): every sample's 3-D positions from the model's own
   `get_rope_index`, concatenated after a row of 1-D text positions, as transformers reads (4, R, T).
 - Families whose image tokens attend both ways (PaliGemma, Gemma 3: `token_type_ids`) or that are not
@@ -27,7 +27,8 @@ from vlmkit.models.native.collate import PER_SAMPLE_MEDIA, merge_media
 from vlmkit.models.native.encoding import SEQUENCE_KEYS
 from vlmkit.models.packed_attention import packed_attention_kwargs
 
-PACKABLE = ("llava", "llava_next", "llava_onevision", "idefics3", "smolvlm", "qwen2_vl", "qwen2_5_vl")
+# Each checked against unpacked logits (tests/models/native/test_native_packing.py).
+PACKABLE = ("llava", "llava_next", "llava_onevision", "idefics3", "qwen2_vl", "qwen2_5_vl")
 _REFUSED = {
     "paligemma": "its prefix (image and prompt) attends both ways (token_type_ids)",
     "gemma3": "its image tokens attend both ways (token_type_ids) and it has sliding-window layers",
