@@ -15,6 +15,9 @@ What is compared (all in one run, same machine, each framework in its own proces
   packing or padding-free mode for images); "vlmkit packed" takes rows of `--packing_max_tokens`
   tokens, as many rows per step as carry about `--batch_size` samples on average.
 Timed: data preparation + one training epoch (TRL tokenizes in its collator, vlmkit before the loop).
+
+The rows `vlmkit_native_packed` and `trl_sft_native` do the same on a native transformers VLM (the tiny
+Qwen2-VL stand-in), which TRL takes as is: see `sft_native.py` (`sft_speedup_vs_trl_native`).
 """
 
 from __future__ import annotations
@@ -263,6 +266,17 @@ def _row(seconds: float, cpu: float, stats: BatchStats, train_seconds: float, st
     }
 
 
+def native_rows_per_step(args, data: Path, images: Path, data_stats: dict, fill: float) -> int:
+    """Packed rows per step for the native model (its processor counts its own tokens); also checks, on every
+    sample, that vlmkit and TRL encode the same ids and labels (`native_same_labels_as_trl`)."""
+    lengths = sft_native.native_lengths(args, data, images)
+    data_stats["native_tokens_mean"] = sum(lengths) / len(lengths)
+    data_stats["native_same_labels_as_trl"] = sft_native.check_same_labels(data, images)
+    return max(
+        1, round(args.batch_size * data_stats["native_tokens_mean"] / (args.packing_max_tokens * fill))
+    )
+
+
 def worker(args) -> dict:
     """Run `args.worker` `args.repeats` times in this process; medians + this process's peak memory.
 
@@ -319,16 +333,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.rows = max(
             1, round(args.batch_size * data_stats["tokens_mean"] / (args.packing_max_tokens * fill))
         )
-        if set(args.frameworks) & set(
-            NATIVE_FRAMEWORKS
-        ):  # the native model's processor counts its own tokens
-            lengths = sft_native.native_lengths(args, data, images)
-            data_stats["native_tokens_mean"] = sum(lengths) / len(lengths)
-            data_stats["native_same_labels_as_trl"] = sft_native.check_same_labels(data, images)
-            args.native_rows = max(
-                1,
-                round(args.batch_size * data_stats["native_tokens_mean"] / (args.packing_max_tokens * fill)),
-            )
+        if set(args.frameworks) & set(NATIVE_FRAMEWORKS):
+            args.native_rows = native_rows_per_step(args, data, images, data_stats, fill)
         per_fw: dict[str, list[dict]] = {fw: [] for fw in args.frameworks}
         for r in range(args.repeats):  # interleaved, so a change in machine load hits every framework alike
             for fw in args.frameworks:
