@@ -221,7 +221,7 @@ class BatchStats:
         ):
             self.real_tokens += int(batch["attention_mask"].sum())
         else:
-            self.real_tokens += sum(len(s["input_ids"]) for s in flat)
+            self.real_tokens += sum(s["input_ids"].shape[-1] for s in flat)  # (T,) or a native (1, T)
         self.supervised += int((batch["labels"][:, 1:] != -100).sum())
         return batch
 

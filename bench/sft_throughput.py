@@ -15,6 +15,9 @@ What is compared (all in one run, same machine, each framework in its own proces
   packing or padding-free mode for images); "vlmkit packed" takes rows of `--packing_max_tokens`
   tokens, as many rows per step as carry about `--batch_size` samples on average.
 Timed: data preparation + one training epoch (TRL tokenizes in its collator, vlmkit before the loop).
+
+The rows `vlmkit_native_packed` and `trl_sft_native` do the same on a native transformers VLM (the tiny
+Qwen2-VL stand-in), which TRL takes as is: see `sft_native.py` (`sft_speedup_vs_trl_native`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sft_native  # noqa: E402
 from common import (  # noqa: E402
     RESULTS,
     TINY_LLM,
@@ -43,7 +47,8 @@ from common import (  # noqa: E402
     write_result,
 )
 
-FRAMEWORKS = ("vlmkit_packed", "vlmkit_padded", "trl_sft_padded")
+FRAMEWORKS = ("vlmkit_packed", "vlmkit_padded", "trl_sft_padded", "vlmkit_native_packed", "trl_sft_native")
+NATIVE_FRAMEWORKS = ("vlmkit_native_packed", "trl_sft_native")
 LEARNING_RATE = 2e-4
 LLAVA_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
@@ -195,9 +200,6 @@ def check_same_model(model, llava, processor, llava_processor, data: Path, image
 
 def run_trl(args, data: Path, images: Path) -> dict:
     """One epoch of TRL SFTTrainer on the Llava copy of the same model, same data and batch size."""
-    import datasets
-    from trl import SFTConfig, SFTTrainer
-
     from vlmkit.config.args import ModelArgs
     from vlmkit.models.build import build_vlm
 
@@ -207,6 +209,23 @@ def run_trl(args, data: Path, images: Path) -> dict:
     max_diff = check_same_model(model.eval(), llava.eval(), processor, llava_processor, data, images)
     if max_diff > 1e-4:
         raise RuntimeError(f"the Llava copy differs from the vlmkit model (max logit diff {max_diff:.2e})")
+    row = trl_epoch(args, llava, llava_processor, _trl_rows(data, images))
+    row["llava_copy_max_logit_diff"] = max_diff
+    return row
+
+
+def run_trl_native(args, data: Path, images: Path) -> dict:
+    """One epoch of TRL SFTTrainer on the native Qwen2-VL stand-in (`sft_native`), same data and batch size."""
+    torch.manual_seed(0)
+    model, processor = sft_native.trl_model_and_processor()
+    return trl_epoch(args, model, processor, sft_native.trl_rows(data, images))
+
+
+def trl_epoch(args, model, processor, rows: list[dict]) -> dict:
+    """Time one epoch of `SFTTrainer` (assistant-only loss, padded batches of `--batch_size`) on `rows`."""
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
     with tempfile.TemporaryDirectory() as tmp:
         config = SFTConfig(
             output_dir=tmp, per_device_train_batch_size=args.batch_size, num_train_epochs=1,
@@ -216,20 +235,18 @@ def run_trl(args, data: Path, images: Path) -> dict:
             seed=0, disable_tqdm=True, dataloader_num_workers=0,
         )  # fmt: skip
 
-        dataset = datasets.Dataset.from_list(_trl_rows(data, images))  # a user's dataset, loaded before
+        dataset = datasets.Dataset.from_list(rows)  # a user's dataset, loaded before
 
         def epoch():
-            trainer = SFTTrainer(model=llava.train(), args=config, train_dataset=dataset,
-                                 processing_class=llava_processor)  # fmt: skip
+            trainer = SFTTrainer(model=model.train(), args=config, train_dataset=dataset,
+                                 processing_class=processor)  # fmt: skip
             stats = BatchStats(trainer.data_collator)
             trainer.data_collator = stats
             out = trainer.train()
             return stats, out
 
         seconds, cpu, (stats, out) = timed(epoch)
-    row = _row(seconds, cpu, stats, float(out.metrics["train_runtime"]), int(out.global_step))
-    row["llava_copy_max_logit_diff"] = max_diff
-    return row
+    return _row(seconds, cpu, stats, float(out.metrics["train_runtime"]), int(out.global_step))
 
 
 def _row(seconds: float, cpu: float, stats: BatchStats, train_seconds: float, steps: int) -> dict:
@@ -249,6 +266,17 @@ def _row(seconds: float, cpu: float, stats: BatchStats, train_seconds: float, st
     }
 
 
+def native_rows_per_step(args, data: Path, images: Path, data_stats: dict, fill: float) -> int:
+    """Packed rows per step for the native model (its processor counts its own tokens); also checks, on every
+    sample, that vlmkit and TRL encode the same ids and labels (`native_same_labels_as_trl`)."""
+    lengths = sft_native.native_lengths(args, data, images)
+    data_stats["native_tokens_mean"] = sum(lengths) / len(lengths)
+    data_stats["native_same_labels_as_trl"] = sft_native.check_same_labels(data, images)
+    return max(
+        1, round(args.batch_size * data_stats["native_tokens_mean"] / (args.packing_max_tokens * fill))
+    )
+
+
 def worker(args) -> dict:
     """Run `args.worker` `args.repeats` times in this process; medians + this process's peak memory.
 
@@ -259,6 +287,12 @@ def worker(args) -> dict:
     for _ in range(args.repeats):
         if args.worker == "trl_sft_padded":
             runs.append(run_trl(args, data, images))
+        elif args.worker == "trl_sft_native":
+            runs.append(run_trl_native(args, data, images))
+        elif args.worker == "vlmkit_native_packed":
+            runs.append(
+                _row(*sft_native.run_vlmkit_native(args, data, images, args.native_rows, LEARNING_RATE))
+            )
         else:
             runs.append(run_vlmkit(args, data, images, args.worker == "vlmkit_packed", args.rows))
     row = {k: median([r[k] for r in runs]) for k in runs[0]}
@@ -284,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--images", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--native_rows", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -298,11 +333,14 @@ def main(argv: list[str] | None = None) -> dict:
         args.rows = max(
             1, round(args.batch_size * data_stats["tokens_mean"] / (args.packing_max_tokens * fill))
         )
+        if set(args.frameworks) & set(NATIVE_FRAMEWORKS):
+            args.native_rows = native_rows_per_step(args, data, images, data_stats, fill)
         per_fw: dict[str, list[dict]] = {fw: [] for fw in args.frameworks}
         for r in range(args.repeats):  # interleaved, so a change in machine load hits every framework alike
             for fw in args.frameworks:
                 worker_argv = [
                     "--worker", fw, "--data", str(data), "--images", str(images), "--rows", str(args.rows),
+                    "--native_rows", str(args.native_rows),
                     "--repeats", "1", "--batch_size", str(args.batch_size),
                     "--packing_max_tokens", str(args.packing_max_tokens), "--max_length", str(args.max_length),
                     "--result", str(work / f"{fw}-{r}.json"),
@@ -319,7 +357,8 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(row)
     by = {r["framework"]: r for r in rows}
     result = {"data": data_stats, "batch_size": args.batch_size, "packed_rows_per_step": args.rows,
-              "packing_max_tokens": args.packing_max_tokens, "runs": rows}  # fmt: skip
+              "native_packed_rows_per_step": args.native_rows, "packing_max_tokens": args.packing_max_tokens,
+              "runs": rows}  # fmt: skip
     summary = {}
     if "vlmkit_packed" in by and "trl_sft_padded" in by:
         ours, trl = by["vlmkit_packed"], by["trl_sft_padded"]
@@ -329,6 +368,18 @@ def main(argv: list[str] | None = None) -> dict:
                 result[f"speedup_vs_trl_{key}"] = ours[key] / trl[key]
         summary["sft_speedup_vs_trl"] = round(result["speedup_vs_trl_supervised_tokens_per_cpu_s"], 3)
         summary["sft_speedup_vs_trl_wall_clock"] = round(result["speedup_vs_trl_supervised_tokens_per_s"], 3)
+    if "vlmkit_native_packed" in by and "trl_sft_native" in by:
+        ours, trl = by["vlmkit_native_packed"], by["trl_sft_native"]
+        for unit in ("s", "cpu_s"):
+            for what in ("samples", "supervised_tokens"):
+                key = f"{what}_per_{unit}"
+                result[f"native_speedup_vs_trl_{key}"] = ours[key] / trl[key]
+        result["native_peak_rss_mb"] = {"vlmkit": ours["peak_rss_mb"], "trl": trl["peak_rss_mb"]}
+        native = result["native_speedup_vs_trl_supervised_tokens_per_cpu_s"]
+        summary["sft_speedup_vs_trl_native"] = round(native, 3)
+        summary["sft_speedup_vs_trl_native_wall_clock"] = round(
+            result["native_speedup_vs_trl_supervised_tokens_per_s"], 3
+        )
     if "vlmkit_packed" in by:
         summary["padding_waste"] = round(by["vlmkit_packed"]["padding_waste"], 4)
     if "trl_sft_padded" in by:
@@ -355,6 +406,14 @@ def main(argv: list[str] | None = None) -> dict:
         "users, so the headline compares the CPU time of each framework's process (all its threads). "
         "Peak RSS is each framework's own process, libraries included.\n"
     )
+    if "native_speedup_vs_trl_supervised_tokens_per_cpu_s" in result:
+        notes += (
+            f"\nNative Qwen2-VL (`{sft_native.MODEL}`), vlmkit packed ({args.native_rows} row(s) per step, "
+            "per-sample M-RoPE positions) vs TRL padded: "
+            f"{result['native_speedup_vs_trl_supervised_tokens_per_cpu_s']:.2f}x supervised tokens per CPU-second "
+            f"(goal >= 2x); {result['native_speedup_vs_trl_supervised_tokens_per_s']:.2f}x per wall-clock second. "
+            + sft_native.__doc__.split("\n", 2)[2]
+        )
     write_result("sft_throughput", result, title="Stage-2 SFT throughput (CPU, tiny VLM)", rows=table,
                  notes=notes, out_dir=Path(args.out))  # fmt: skip
     if summary:

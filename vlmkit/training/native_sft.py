@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from vlmkit.data.records import BadSampleError, Sample, SkipCounter
 from vlmkit.data.tokenize import SampleDropped
 from vlmkit.models.native.encoding import NativeEncoder
+from vlmkit.models.native.packing import native_forward
 from vlmkit.training.losses import token_loss_sum
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,5 @@ class NativeSFTDataset(Dataset):
 
 
 def native_sft_loss(model, batch: dict) -> tuple[torch.Tensor, dict]:
-    """Summed next-token loss over the supervised (assistant) tokens of a native-VLM batch."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    return token_loss_sum(model(**inputs).logits, batch["labels"]), {}
+    """Summed next-token loss over the supervised (assistant) tokens of a native-VLM batch (packed or not)."""
+    return token_loss_sum(native_forward(model, batch).logits, batch["labels"]), {}

@@ -18,8 +18,8 @@ A recipe asks `vlm_kind(cfg)` for the kind its `--model_name_or_path` names and 
   directory with vlmkit_config.json; its `VLMProcessor` tokenizes with vlmkit's own media placeholders.
 - Native (`AutoModelForImageTextToText`: Qwen2-VL, LLaVA-hf, SmolVLM, Gemma 3, PaliGemma...): any other
   checkpoint directory, Hub name or `vlmkit-tiny/native-<family>`; its processor is a `NativeEncoder`
-  (the model's own processor and chat template, assistant-only labels). Packing and feature caching are
-  not offered for it yet and are refused with a clear error.
+  (the model's own processor and chat template, assistant-only labels). Packing is exact per family
+  (`vlmkit.models.native.packing`) and refused where it would not be; feature caching is refused.
 
 The RL trainers ask `vlmkit.rlhf.rl_kinds.rl_kind_of_model(policy)` for the same kind with its RL part: prompts to a `Rollout`,
 generation, the log-prob forward pass (with the processor's media inputs for a native model), the tokens
@@ -41,6 +41,7 @@ from torch.utils.data import Dataset, Sampler
 
 from vlmkit.data.length_grouping import LengthGroupedSampler
 from vlmkit.data.loading import read_samples, sft_dataset, subsample
+from vlmkit.data.packing import PackedDataset
 from vlmkit.data.preference import PreferenceCollator, preference_dataset
 from vlmkit.data.records import SkipCounter
 from vlmkit.models.build import build_vlm, load_vlm, resolve_attn_implementation
@@ -53,6 +54,7 @@ from vlmkit.models.native.loading import (
     load_native_checkpoint,
     load_native_vlm,
 )
+from vlmkit.models.native.packing import NativePackedCollator, check_packable, mrope_index
 from vlmkit.models.vlm import CONFIG_FILE as VLMKIT_CONFIG_FILE
 from vlmkit.models.vlm import VLM
 from vlmkit.training.freeze import count_parameters, set_trainable
@@ -210,13 +212,18 @@ class NativeKind:
         return {("base_model.model." if is_peft else "") + connector + ".": lr}
 
     def train_data(self, cfg, processor: NativeEncoder, skips, *, model=None, accelerator=None):
-        for field, what in (("packing", "packing"), ("feature_cache_dir", "feature caching")):
-            if getattr(cfg, field, None):
-                raise ValueError(
-                    f"--{field}: {what} is not available for native transformers VLMs yet "
-                    f"({processor.model_type}); train without it"
-                )
+        """Encoded samples + collator + sampler; `--packing` packs whole samples into padding-free rows."""
+        if getattr(cfg, "feature_cache_dir", None):
+            raise ValueError(
+                "--feature_cache_dir: feature caching is not available for native transformers VLMs yet "
+                f"({processor.model_type}); train without it"
+            )
+        packing = getattr(cfg, "packing", False)
+        if packing:
+            check_packable(processor.model_type)  # before encoding the data
         dataset = self.eval_data(cfg, cfg.data_path, processor, skips)
+        if packing:
+            return self._packed(cfg, dataset, processor, model)
         sampler = None
         if getattr(cfg, "group_by_length", False):
             world = accelerator.num_processes if accelerator is not None else 1
@@ -224,6 +231,27 @@ class NativeKind:
                 dataset.lengths(), cfg.per_device_train_batch_size, cfg.seed, world_size=world
             )
         return dataset, NativeCollator(processor.tokenizer.pad_token_id, processor.model_type), sampler
+
+    def _packed(self, cfg, dataset: NativeSFTDataset, processor: NativeEncoder, model):
+        """Rows of whole samples up to `packing_max_tokens` (`vlmkit.models.native.packing`: exact per family,
+        M-RoPE positions per sample); flattened to one row per micro-batch under flash attention."""
+        if model is None:
+            raise ValueError("native packing needs the model (its attention and rotary positions)")
+        if cfg.max_length > cfg.packing_max_tokens:
+            raise ValueError(
+                f"max_length={cfg.max_length} is larger than packing_max_tokens={cfg.packing_max_tokens}: "
+                "a sample could not fit in a packed row; raise packing_max_tokens or lower max_length"
+            )
+        if getattr(cfg, "group_by_length", False):
+            logger.warning("group_by_length is ignored with packing (packed rows have no padding to save)")
+        flatten = model.config.get_text_config()._attn_implementation.startswith("flash_attention")
+        collate = NativePackedCollator(
+            processor.tokenizer.pad_token_id,
+            processor.model_type,
+            rope_index=mrope_index(model),
+            flatten=flatten,
+        )
+        return PackedDataset(dataset, cfg.packing_max_tokens, dataset.lengths()), collate, None
 
     def eval_data(self, cfg, path: str, processor: NativeEncoder, skips: SkipCounter) -> Dataset:
         samples = read_samples(cfg, path, skips)

@@ -63,18 +63,26 @@ class NativeCollator:
         if not items:
             return {"empty": True}
         batch = pad_token_keys(items, self.pad_token_id, left=self.left_pad)
-        media_keys = sorted({k for it in items for k in it} - set(SEQUENCE_KEYS))
-        per_sample = PER_SAMPLE_MEDIA.get(self.model_type, ())
-        for key in media_keys:
-            present = [it[key] for it in items if key in it]
-            if key == "batch_num_images":
-                batch[key] = torch.cat([it.get(key, torch.zeros(1, dtype=torch.long)) for it in items])
-            elif key in per_sample:
-                like = present[0]
-                rows = [it.get(key, like.new_zeros((1, 1, *like.shape[2:]))) for it in items]
-                batch[key] = torch.cat(_pad_dim1(rows))
-            elif present[0].dim() == 5:  # any-res patches per image
-                batch[key] = torch.cat(_pad_dim1(present))
-            else:
-                batch[key] = torch.cat(present)
-        return batch
+        return {**batch, **merge_media(items, self.model_type)}
+
+
+def merge_media(items: list[dict], model_type: str) -> dict[str, torch.Tensor]:
+    """The media keys of `items` merged into batch tensors, in item order (see the module docstring).
+
+    For a family with per-sample media (Idefics3) each item is one batch row."""
+    batch = {}
+    media_keys = sorted({k for it in items for k in it} - set(SEQUENCE_KEYS))
+    per_sample = PER_SAMPLE_MEDIA.get(model_type, ())
+    for key in media_keys:
+        present = [it[key] for it in items if key in it]
+        if key == "batch_num_images":
+            batch[key] = torch.cat([it.get(key, torch.zeros(1, dtype=torch.long)) for it in items])
+        elif key in per_sample:
+            like = present[0]
+            rows = [it.get(key, like.new_zeros((1, 1, *like.shape[2:]))) for it in items]
+            batch[key] = torch.cat(_pad_dim1(rows))
+        elif present[0].dim() == 5:  # any-res patches per image
+            batch[key] = torch.cat(_pad_dim1(present))
+        else:
+            batch[key] = torch.cat(present)
+    return batch

@@ -8,7 +8,10 @@ is located by rendering the conversation twice more and comparing token ids with
 
 `full[start:end]` is what the template writes for that turn: the answer and its end-of-turn token (the
 family's `END_OF_TURN`, e.g. `<|im_end|>`, supervised so the model learns to stop); formatting the template
-writes after that token (a newline) is not supervised. Media are expanded by the processor itself
+writes after that token (a newline) is not supervised. Where the processor expands an image only by repeating
+its image token (LLaVA, LLaVA-NeXT/OneVision, Qwen2/2.5-VL), the prefixes are rendered with the template and
+the tokenizer alone and mapped onto the processor's ids (checked per sample), which saves processing the
+images once per turn; the ids compared are the same. Media are expanded by the processor itself
 (Qwen2-VL `image_grid_thw`, LLaVA-NeXT `image_sizes`, Idefics3 `pixel_attention_mask`, Gemma 3
 `token_type_ids`...). A sample longer than `max_length` is cut only after its last media token, and only
 if a supervised token survives; otherwise it is an error or, with `truncation="drop"`, a counted drop.
@@ -29,6 +32,9 @@ _MEDIA_TOKENS = (
     "<|vision_start|>", "<|vision_end|>", "<fake_token_around_image>", "<global-img>", "<start_of_image>",
     "<end_of_image>",
 )  # fmt: skip
+# Families whose processor expands an image only by repeating its image token: their assistant turns are
+# found on the template's text with the tokenizer alone (no image processing per prefix).
+REPEATS_IMAGE_TOKEN = ("llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl")
 # Keys the processor returns with one entry per token (padded with the value given).
 SEQUENCE_KEYS = {"input_ids": None, "attention_mask": 0, "labels": IGNORE_INDEX, "token_type_ids": 0,
                  "mm_token_type_ids": 0}  # fmt: skip
@@ -54,6 +60,23 @@ def sample_messages(sample: Sample) -> list[dict]:
                 parts.append({"type": "text", "text": piece.strip()})
         messages.append({"role": turn.role, "content": parts})
     return messages
+
+
+def expanded_positions(short: list[int], full: list[int], image_id: int) -> list[int] | None:
+    """Where each token of `short` sits in `full`, when `full` is `short` with every image token repeated
+    (one or more times); None when it is not, or when two image tokens are adjacent (ambiguous)."""
+    positions, j = [], 0
+    for i, token in enumerate(short):
+        if j >= len(full) or full[j] != token:
+            return None
+        positions.append(j)
+        j += 1
+        if token == image_id:
+            if i + 1 < len(short) and short[i + 1] == image_id:
+                return None
+            while j < len(full) and full[j] == image_id:
+                j += 1
+    return positions if j == len(full) else None
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -157,27 +180,51 @@ class NativeEncoder:
             )
         out = self._run(messages, images, generation_prompt=False)
         full = out["input_ids"][0].tolist()
+        render, reference, to_full = self._renderer(messages, images, full)
         labels = [IGNORE_INDEX] * len(full)
         for k, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            before = self._run(messages[:k], images, generation_prompt=True)["input_ids"][0].tolist()
-            after = full
-            if k + 1 < len(messages):
-                after = self._run(messages[: k + 1], images, generation_prompt=False)["input_ids"][0].tolist()
-            start, end = _common_prefix(before, full), _common_prefix(after, full)
-            span = full[start:end]
+            before = render(messages[:k], True)
+            after = render(messages[: k + 1], False) if k + 1 < len(messages) else reference
+            start, end = _common_prefix(before, reference), _common_prefix(after, reference)
+            span = reference[start:end]
             if self.end_of_turn_id in span:
                 end = start + len(span) - span[::-1].index(self.end_of_turn_id)
             if end <= start:
                 raise BadSampleError(sample.source, sample.index, f"turn {k}", "the chat template renders no "
                                      "tokens for this assistant turn; check the template")  # fmt: skip
+            start, end = to_full(start), to_full(end - 1) + 1
             labels[start:end] = full[start:end]
         out["labels"] = torch.tensor([labels])
         if self.model_type == "paligemma":  # prefix-LM: the prefix attends both ways, the rest causally
             first = next(i for i, t in enumerate(labels) if t != IGNORE_INDEX)
             out["token_type_ids"] = (torch.arange(len(full)) >= first).long()[None]
         return self._truncate(out, sample)
+
+    def _renderer(self, messages: list[dict], images: list, full: list[int]):
+        """(render(messages, generation_prompt) -> ids, the whole conversation's ids, map into `full`).
+
+        Where the processor only repeats each image token (`REPEATS_IMAGE_TOKEN`, checked on this sample's
+        `full` ids) the prefixes are rendered by the template and the tokenizer alone, without processing the
+        images again; otherwise every prefix goes through the processor."""
+        image_id = getattr(self.processor, "image_token_id", None)
+        if self.model_type in REPEATS_IMAGE_TOKEN and image_id is not None:
+            tokenizer, template = self.processor.tokenizer, self.processor.apply_chat_template
+
+            def render(prefix: list[dict], generation_prompt: bool) -> list[int]:
+                text = template(prefix, tokenize=False, add_generation_prompt=generation_prompt)
+                return tokenizer(text)["input_ids"]
+
+            short = render(messages, False)
+            positions = expanded_positions(short, full, image_id)
+            if positions is not None:
+                return render, short, positions.__getitem__
+
+        def run(prefix: list[dict], generation_prompt: bool) -> list[int]:
+            return self._run(prefix, images, generation_prompt=generation_prompt)["input_ids"][0].tolist()
+
+        return run, full, lambda i: i
 
     def _truncate(self, out: dict, sample: Sample) -> dict:
         ids = out["input_ids"][0]
