@@ -16,6 +16,10 @@ from types import ModuleType
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Workers share the cores: OpenMP threads that spin while waiting starve the other worker's (two 2-thread
+    # trainings on 2 cores ran ~10x slower). Set before torch loads; results do not depend on it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 RECIPES = REPO / "recipes"
 CONFIGS = RECIPES / "configs"
 

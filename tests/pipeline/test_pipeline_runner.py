@@ -183,3 +183,12 @@ def test_with_jobs_a_failure_lets_the_running_stage_finish_and_starts_nothing_ne
     monkeypatch.delenv("FAIL_STAGE")
     assert list(run_pipeline(load_pipeline(str(_branches(project))), jobs=2)) == ["a", "b", "a2"]
     assert [c["stage"] for c in _calls(project)].count("b") == 1  # complete: not run again
+
+
+def test_side_by_side_stages_wait_without_spinning_unless_the_user_chose(monkeypatch):
+    from vlmkit.pipeline.runner import side_by_side_env
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert side_by_side_env(1) == {} and side_by_side_env(2) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert side_by_side_env(2) == {}

@@ -77,7 +77,13 @@ def _watch(proc: subprocess.Popen, log_path: Path, name: str, show_progress: boo
 
 
 def run_stage(
-    spec: PipelineSpec, stage: StageSpec, root: Path, fingerprint: str, launcher: list[str], position: int = 0
+    spec: PipelineSpec,
+    stage: StageSpec,
+    root: Path,
+    fingerprint: str,
+    launcher: list[str],
+    position: int = 0,
+    env: dict[str, str] | None = None,
 ) -> dict:
     """Run one stage's recipe in a subprocess (resuming from its own checkpoints) and return its metrics."""
     stage_dir = root / stage.name
@@ -104,7 +110,10 @@ def run_stage(
         log.write(f"$ {' '.join(argv)}\n")
         log.flush()
         proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         _LIVE.add(proc)
         try:
@@ -172,12 +181,20 @@ def run_pipeline(
             raise RuntimeError(
                 f"stage '{stage.name}' needs {missing} to be complete first (run them, or drop --only)"
             )
+    env = side_by_side_env(jobs)
     results.update(_run_when_ready(todo, jobs, lambda stage, slot: run_stage(
-        spec, stage, root, prints[stage.name], launch, slot
+        spec, stage, root, prints[stage.name], launch, slot, env
     )))  # fmt: skip
     report = write_report(spec, root)
     print(f"[pipeline] report: {report}", flush=True)
     return {s.name: results[s.name] for s in selected}
+
+
+def side_by_side_env(jobs: int) -> dict[str, str]:
+    """Stages running side by side share the cores: OpenMP threads that wait by spinning then burn the cores
+    the other stage needs (two stages on 2 cores ran ~10x slower), so they sleep instead (OMP_WAIT_POLICY
+    PASSIVE; results do not change). A value the user set is kept."""
+    return {"OMP_WAIT_POLICY": "PASSIVE"} if jobs > 1 and "OMP_WAIT_POLICY" not in os.environ else {}
 
 
 def _run_when_ready(todo: list[StageSpec], jobs: int, run) -> dict[str, dict]:
