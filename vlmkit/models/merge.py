@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from vlmkit.models.native.loading import is_native_adapter, load_native_checkpoint, save_processor
+from vlmkit.models.reward_files import HEAD_FILE, REWARD_CONFIG_FILE
 from vlmkit.models.vlm import VLM
 
 
@@ -27,8 +28,6 @@ def merge_lora(model: VLM) -> VLM:
 
 def _carry_reward_head(adapter_dir: Path, out: Path) -> None:
     """Copy a reward model's score head and its config beside the merged backbone (nothing for a policy)."""
-    from vlmkit.rlhf.native_reward import HEAD_FILE, REWARD_CONFIG_FILE
-
     if (adapter_dir / HEAD_FILE).is_file():
         for name in (HEAD_FILE, REWARD_CONFIG_FILE):
             shutil.copy2(adapter_dir / name, out / name)

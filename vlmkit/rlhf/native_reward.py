@@ -15,9 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlmkit.models.native.loading import load_native_checkpoint
-
-HEAD_FILE = "score_head.safetensors"
-REWARD_CONFIG_FILE = "reward_model.json"
+from vlmkit.models.reward_files import HEAD_FILE, REWARD_CONFIG_FILE
 
 
 def _last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

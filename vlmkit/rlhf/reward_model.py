@@ -22,12 +22,11 @@ from vlmkit.models.build import build_vlm, resolve_attn_implementation
 from vlmkit.models.native.encoding import NativeEncoder
 from vlmkit.models.native.loading import load_processor
 from vlmkit.models.processor import VLMProcessor
+from vlmkit.models.reward_files import HEAD_FILE, REWARD_CONFIG_FILE
 from vlmkit.models.vlm import VLM
 from vlmkit.rlhf.native_reward import NativeRewardModel
 from vlmkit.training.vlm_kinds import NATIVE, kind_of_model, kind_of_path, vlm_kind
 
-HEAD_FILE = "score_head.safetensors"
-REWARD_CONFIG_FILE = "reward_model.json"
 REWARD_USAGE = """```python
 from vlmkit.rlhf.reward_model import load_reward_model
 
