@@ -60,6 +60,14 @@ def pack_lengths(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     return [sorted(b) for b in bins]
 
 
+def packed_rows(rows: list, flatten: bool) -> list[list]:
+    """A collator's input as lists of samples (a row, or a lone sample), dropped samples and empty rows removed;
+    every sample in one row when `flatten` (flash attention's varlen layout)."""
+    rows = [[s for s in (r if isinstance(r, list) else [r]) if s is not None] for r in rows]
+    rows = [r for r in rows if r]
+    return [[s for r in rows for s in r]] if flatten and rows else rows
+
+
 class PackedDataset(Dataset):
     """Rows of whole samples from `dataset`, each at most `max_tokens` tokens; item i is a list of samples.
 
@@ -139,12 +147,9 @@ class PackedCollator:
         self.explicit_mask = explicit_mask
 
     def __call__(self, rows: list) -> dict:
-        rows = [[s for s in (r if isinstance(r, list) else [r]) if s is not None] for r in rows]
-        rows = [r for r in rows if r]
+        rows = packed_rows(rows, self.flatten)
         if not rows:
             return {"empty": True}
-        if self.flatten:
-            rows = [[s for r in rows for s in r]]
         samples = [s for r in rows for s in r]
         media_key = _media_key(samples)
         ids, labels, positions = [], [], []

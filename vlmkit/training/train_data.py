@@ -26,6 +26,17 @@ from vlmkit.training.feature_cache import CachedFeatureDataset, build_feature_ca
 logger = logging.getLogger(__name__)
 
 
+def check_packing(cfg) -> None:
+    """Packing's settings agree: every sample fits a packed row; length grouping has nothing left to do."""
+    if cfg.max_length > cfg.packing_max_tokens:
+        raise ValueError(
+            f"max_length={cfg.max_length} is larger than packing_max_tokens={cfg.packing_max_tokens}: "
+            "a sample could not fit in a packed row; raise packing_max_tokens or lower max_length"
+        )
+    if getattr(cfg, "group_by_length", False):
+        logger.warning("group_by_length is ignored with packing (packed rows have no padding to save)")
+
+
 def attention_backend(model) -> str | None:
     """The LLM's attention implementation (`flash_attention_2`, `sdpa`, `eager`), if it can be read."""
     lm = getattr(model, "language_model", model)
@@ -56,13 +67,7 @@ def build_train_data(
         dataset = CachedFeatureDataset(train_set, cache, keys)
     pad_id = processor.tokenizer.pad_token_id
     if getattr(cfg, "packing", False):
-        if cfg.max_length > cfg.packing_max_tokens:
-            raise ValueError(
-                f"max_length={cfg.max_length} is larger than packing_max_tokens={cfg.packing_max_tokens}: "
-                "a sample could not fit in a packed row; raise packing_max_tokens or lower max_length"
-            )
-        if getattr(cfg, "group_by_length", False):
-            logger.warning("group_by_length is ignored with packing (packed rows have no padding to save)")
+        check_packing(cfg)
         flatten = attention_backend(model) == "flash_attention_2"
         return (
             PackedDataset(dataset, cfg.packing_max_tokens, lengths),

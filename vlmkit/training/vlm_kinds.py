@@ -62,7 +62,7 @@ from vlmkit.training.losses import sft_loss
 from vlmkit.training.native_parts import apply_native_lora, native_parts, set_native_trainable
 from vlmkit.training.native_preference import NativePreferenceCollator, NativePreferenceDataset
 from vlmkit.training.native_sft import NativeSFTDataset, native_sft_loss
-from vlmkit.training.train_data import build_train_data
+from vlmkit.training.train_data import build_train_data, check_packing
 
 logger = logging.getLogger(__name__)
 
@@ -237,13 +237,7 @@ class NativeKind:
         M-RoPE positions per sample); flattened to one row per micro-batch under flash attention."""
         if model is None:
             raise ValueError("native packing needs the model (its attention and rotary positions)")
-        if cfg.max_length > cfg.packing_max_tokens:
-            raise ValueError(
-                f"max_length={cfg.max_length} is larger than packing_max_tokens={cfg.packing_max_tokens}: "
-                "a sample could not fit in a packed row; raise packing_max_tokens or lower max_length"
-            )
-        if getattr(cfg, "group_by_length", False):
-            logger.warning("group_by_length is ignored with packing (packed rows have no padding to save)")
+        check_packing(cfg)
         flatten = model.config.get_text_config()._attn_implementation.startswith("flash_attention")
         collate = NativePackedCollator(
             processor.tokenizer.pad_token_id,

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 
+from vlmkit.data.packing import packed_rows
 from vlmkit.data.tokenize import IGNORE_INDEX
 from vlmkit.models.native.collate import PER_SAMPLE_MEDIA, merge_media
 from vlmkit.models.native.encoding import SEQUENCE_KEYS
@@ -101,12 +102,9 @@ class NativePackedCollator:
         return [merged]
 
     def __call__(self, rows: list) -> dict:
-        rows = [[s for s in (r if isinstance(r, list) else [r]) if s is not None] for r in rows]
-        rows = [r for r in rows if r]
+        rows = packed_rows(rows, self.flatten)
         if not rows:
             return {"empty": True}
-        if self.flatten:
-            rows = [[s for r in rows for s in r]]
         keys = [k for k in SEQUENCE_KEYS if k in rows[0][0] and k != "attention_mask"]
         width = max(sum(s["input_ids"].shape[1] for s in r) for r in rows)
         columns: dict[str, list] = {k: [] for k in [*keys, "position_ids"]}
