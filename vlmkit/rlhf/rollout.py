@@ -244,8 +244,9 @@ def hf_generate(policy: nn.Module, batch: Rollout, tokenizer, **sampling) -> Rol
 
 
 def rollout_engine(use_vllm: bool = False) -> RolloutEngine:
-    """The engine a config asks for: `hf_generate`. No vLLM engine ships: vLLM could not be installed or tested
-    where vlmkit is built (CPU-only machines), so `use_vllm` is refused rather than silently ignored."""
+    """The engine a config asks for: `hf_generate`. No vLLM engine ships: vLLM's wheel is CUDA-only and pins
+    its own torch and transformers (0.34: torch 2.14, transformers < 5.23), so it could not be installed or tested
+    where vlmkit is built (CPU, torch 2.13, transformers 5.24); `use_vllm` is refused rather than silently ignored."""
     if use_vllm:
         raise ValueError(
             "use_vllm: vlmkit ships no vLLM rollout engine yet (vLLM could not be installed or tested on the "

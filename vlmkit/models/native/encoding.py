@@ -9,15 +9,20 @@ is located by rendering the conversation twice more and comparing token ids with
 `full[start:end]` is what the template writes for that turn: the answer and its end-of-turn token (the
 family's `END_OF_TURN`, e.g. `<|im_end|>`, supervised so the model learns to stop); formatting the template
 writes after that token (a newline) is not supervised. Where the processor expands an image only by repeating
-its image token (LLaVA, LLaVA-NeXT/OneVision, Qwen2/2.5-VL), the prefixes are rendered with the template and
-the tokenizer alone and mapped onto the processor's ids (checked per sample), which saves processing the
-images once per turn; the ids compared are the same. Media are expanded by the processor itself
+its image token (LLaVA, LLaVA-NeXT/OneVision, Qwen2/2.5-VL), the full text is tokenized once with character
+offsets and the prefixes are rendered as text only: a prefix shares the tokens that end inside the characters
+it shares with the full text, mapped onto the processor's ids (checked per sample). That saves processing the
+images and tokenizing once per turn; the labels are the same (tested). Media are expanded by the processor itself
 (Qwen2-VL `image_grid_thw`, LLaVA-NeXT `image_sizes`, Idefics3 `pixel_attention_mask`, Gemma 3
 `token_type_ids`...). A sample longer than `max_length` is cut only after its last media token, and only
 if a supervised token survives; otherwise it is an error or, with `truncation="drop"`, a counted drop.
 """
 
 from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+from itertools import accumulate
 
 import torch
 
@@ -79,7 +84,7 @@ def expanded_positions(short: list[int], full: list[int], image_id: int) -> list
     return positions if j == len(full) else None
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def _common_prefix(a: Sequence, b: Sequence) -> int:
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -150,10 +155,17 @@ class NativeEncoder:
             for m in sample.images
         ]
 
-    def _run(self, messages: list[dict], images: list, *, generation_prompt: bool) -> dict:
-        text = self.processor.apply_chat_template(
+    def _render(self, messages: list[dict], *, generation_prompt: bool) -> str:
+        return self.processor.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=generation_prompt
         )
+
+    def _run(
+        self, messages: list[dict], images: list, *, generation_prompt: bool, text: str | None = None
+    ) -> dict:
+        """The processor's inputs for `messages` (`text`: their rendering, when already made)."""
+        if text is None:
+            text = self._render(messages, generation_prompt=generation_prompt)
         n_images = sum(p["type"] == "image" for m in messages for p in m["content"])
         kwargs = {"images": [images[:n_images]]} if n_images else {}
         out = self.processor(text=[text], return_tensors="pt", **kwargs)
@@ -178,16 +190,16 @@ class NativeEncoder:
             raise BadSampleError(
                 sample.source, sample.index, "conversations", "no assistant turn to learn from"
             )
-        out = self._run(messages, images, generation_prompt=False)
+        text = self._render(messages, generation_prompt=False)
+        out = self._run(messages, images, generation_prompt=False, text=text)
         full = out["input_ids"][0].tolist()
-        render, reference, to_full = self._renderer(messages, images, full)
+        shared_prefix, reference, to_full = self._renderer(text, images, full)
         labels = [IGNORE_INDEX] * len(full)
         for k, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            before = render(messages[:k], True)
-            after = render(messages[: k + 1], False) if k + 1 < len(messages) else reference
-            start, end = _common_prefix(before, reference), _common_prefix(after, reference)
+            start = shared_prefix(messages[:k], True)
+            end = shared_prefix(messages[: k + 1], False) if k + 1 < len(messages) else len(reference)
             span = reference[start:end]
             if self.end_of_turn_id in span:
                 end = start + len(span) - span[::-1].index(self.end_of_turn_id)
@@ -202,29 +214,33 @@ class NativeEncoder:
             out["token_type_ids"] = (torch.arange(len(full)) >= first).long()[None]
         return self._truncate(out, sample)
 
-    def _renderer(self, messages: list[dict], images: list, full: list[int]):
-        """(render(messages, generation_prompt) -> ids, the whole conversation's ids, map into `full`).
+    def _renderer(self, text: str, images: list, full: list[int]):
+        """(shared_prefix(messages, generation_prompt) -> how many leading tokens of the reference that
+        rendering shares, the whole conversation's ids (the reference), map from the reference into `full`).
 
         Where the processor only repeats each image token (`REPEATS_IMAGE_TOKEN`, checked on this sample's
-        `full` ids) the prefixes are rendered by the template and the tokenizer alone, without processing the
-        images again; otherwise every prefix goes through the processor."""
+        `full` ids) the reference is the template's text tokenized once, with character offsets, and a prefix
+        is rendered as text only: it shares the reference tokens that end inside the characters both texts
+        share. Otherwise every prefix goes through the processor and the token ids are compared."""
         image_id = getattr(self.processor, "image_token_id", None)
-        if self.model_type in REPEATS_IMAGE_TOKEN and image_id is not None:
-            tokenizer, template = self.processor.tokenizer, self.processor.apply_chat_template
-
-            def render(prefix: list[dict], generation_prompt: bool) -> list[int]:
-                text = template(prefix, tokenize=False, add_generation_prompt=generation_prompt)
-                return tokenizer(text)["input_ids"]
-
-            short = render(messages, False)
+        if self.model_type in REPEATS_IMAGE_TOKEN and image_id is not None and self.tokenizer.is_fast:
+            encoded = self.tokenizer(text, return_offsets_mapping=True)
+            short = encoded["input_ids"]
             positions = expanded_positions(short, full, image_id)
             if positions is not None:
-                return render, short, positions.__getitem__
+                token_ends = list(accumulate((end for _, end in encoded["offset_mapping"]), max))
 
-        def run(prefix: list[dict], generation_prompt: bool) -> list[int]:
-            return self._run(prefix, images, generation_prompt=generation_prompt)["input_ids"][0].tolist()
+                def shared_text(prefix: list[dict], generation_prompt: bool) -> int:
+                    rendered = self._render(prefix, generation_prompt=generation_prompt)
+                    return bisect_right(token_ends, _common_prefix(rendered, text))
 
-        return run, full, lambda i: i
+                return shared_text, short, positions.__getitem__
+
+        def shared_ids(prefix: list[dict], generation_prompt: bool) -> int:
+            ids = self._run(prefix, images, generation_prompt=generation_prompt)["input_ids"][0].tolist()
+            return _common_prefix(ids, full)
+
+        return shared_ids, full, lambda i: i
 
     def _truncate(self, out: dict, sample: Sample) -> dict:
         ids = out["input_ids"][0]
