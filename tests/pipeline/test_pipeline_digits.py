@@ -104,15 +104,15 @@ def test_every_stage_learns(pipeline_run):
         gain, stderr = rl["baseline_accuracy_rl_minus_sft"], rl["baseline_accuracy_rl_minus_sft_stderr"]
         assert rl["baseline_beaten"] == (gain > 1.96 * stderr), (name, rl)
     dpo = _metrics(root, "dpo")  # pure DPO from the same weak policy, on held-out pairs and questions
-    assert dpo["eval_reward_accuracy"] >= 0.71, dpo  # measured 0.761, chance 0.5
+    assert dpo["eval_reward_accuracy"] >= 0.74, dpo  # measured 0.789, chance 0.5
     assert dpo["eval_reward_margin"] > 0, dpo
-    assert dpo["eval_logp_margin"] >= dpo["eval_logp_margin_before"] + 0.3, dpo  # measured 1.251 -> 1.729
-    # Pure DPO at this budget costs the answers a few points on this weak policy (measured 0.606 -> 0.564).
-    assert dpo["eval_accuracy"] >= dpo["eval_accuracy_before"] - 0.09, dpo
+    assert dpo["eval_logp_margin"] >= dpo["eval_logp_margin_before"] + 0.15, dpo  # measured 1.251 -> 1.476
+    # The answers hold (measured 0.606 -> 0.603: one of 360 questions).
+    assert dpo["eval_accuracy"] >= dpo["eval_accuracy_before"] - 0.02, dpo
     # SFT on the chosen answers with DPO's pairs and updates ranks the held-out pairs worse (implicit reward
-    # 0.611 against DPO's 0.761) but answers better (0.689 against 0.564: DPO -0.125).
+    # 0.633 against DPO's 0.789) but answers a little better (0.625 against 0.603: DPO -0.022).
     assert dpo["eval_reward_accuracy"] >= dpo["baseline_eval_reward_accuracy"] + 0.1, dpo
-    assert dpo["baseline_accuracy_rl_minus_sft"] >= -0.18, dpo
+    assert dpo["baseline_accuracy_rl_minus_sft"] >= -0.07, dpo
     assert _metrics(root, "audio_stage2")["eval_accuracy"] >= 0.85  # measured 0.892, chance 0.10
     examples = json.loads((root / "ppo" / "eval_examples.json").read_text())
     assert examples and all({"answer_before", "prediction", "media"} <= set(ex) for ex in examples)
