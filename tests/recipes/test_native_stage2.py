@@ -15,8 +15,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.helpers.digits_subset import digits_subset
 from vlmkit.cli import main as cli_main
-from vlmkit.data.embedded import resolve_data_path
 from vlmkit.data.packing import PackedDataset
 from vlmkit.data.readers import read_dataset
 from vlmkit.eval.loss import eval_token_loss
@@ -32,15 +32,7 @@ STEPS = "3"
 @pytest.fixture(scope="module")
 def small_digits(digits_data, tmp_path_factory) -> dict[str, str]:
     """48 training and 16 held-out digits records (their images stay in the embedded dataset's folder)."""
-    out = tmp_path_factory.mktemp("native_digits")
-    files = {}
-    for split, n in (("train", 48), ("eval", 16)):
-        source = Path(resolve_data_path(f"vlmkit-data/digits/stage2_{split}.json"))
-        records = json.loads(source.read_text())[:n]
-        files[split] = str(out / f"{split}.json")
-        Path(files[split]).write_text(json.dumps(records))
-        files["images"] = str(source.parent)
-    return files
+    return digits_subset(tmp_path_factory.mktemp("native_digits"), train=48, eval=16)
 
 
 def run_stage2(recipe, data: dict, family: str, out: Path, *extra: str) -> dict:
