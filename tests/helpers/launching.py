@@ -34,7 +34,7 @@ LOSS_TOLERANCE = 1e-4
 LOGITS_TOLERANCE = 1e-3
 
 
-def _env() -> dict[str, str]:
+def subprocess_env() -> dict[str, str]:
     """The session's tiny-model/data caches (tests/conftest.py), offline, one thread per process, and the CPU
     even on a GPU machine: these tests prove the CPU path with exact fp32 curves (GPU checks: the README)."""
     session_root = Path(os.environ["VLMKIT_TINY_DIR"]).parent
@@ -66,7 +66,9 @@ def run_recipe(recipe: str, *args: str, config_file: str | None = None, timeout:
             sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / config_file),
             "--num_processes", "2", "--main_process_port", str(free_port()), script, *args,
         ]  # fmt: skip
-    proc = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        cmd, env=subprocess_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr[-4000:]}"
     return proc.stderr
 

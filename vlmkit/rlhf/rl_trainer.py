@@ -37,6 +37,7 @@ from vlmkit.rlhf.value_model import ActorCritic, prepare_frozen, reference_logit
 from vlmkit.training.accelerator import fill_deepspeed_auto
 from vlmkit.training.loop import Checkpointer, StepLog, enable_activation_checkpointing
 from vlmkit.training.optim import build_optimizer, param_groups
+from vlmkit.training.precision import upcast_trainable_parameters
 from vlmkit.training.stepping import OptimizerStepper, ensure_finite_weights
 
 logger = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class RLTrainer(ABC):
         disable_dropout(model)
         if cfg.gradient_checkpointing:
             enable_activation_checkpointing(model.policy)
+        upcast_trainable_parameters(model, accelerator)
         groups = param_groups(model, cfg.learning_rate, cfg.weight_decay, lr_overrides)
         optimizer, self.scheduler = build_optimizer(
             groups, cfg.learning_rate, cfg.lr_scheduler_type, int(cfg.warmup_ratio * cfg.max_steps), cfg.max_steps

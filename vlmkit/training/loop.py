@@ -23,6 +23,7 @@ from vlmkit.data.sampling import EpochSampler
 from vlmkit.training import checkpoint as ckpt
 from vlmkit.training.accelerator import fill_deepspeed_auto
 from vlmkit.training.optim import build_optimizer, param_groups
+from vlmkit.training.precision import upcast_trainable_parameters
 from vlmkit.training.reporting import LOG_FILE, JsonlLog
 from vlmkit.training.stepping import OptimizerStepper, ensure_finite_weights
 
@@ -110,6 +111,7 @@ def train(
         total_steps = cfg.max_steps
     else:
         total_steps = max(1, math.ceil(cfg.num_train_epochs * per_rank_batches / gas))
+    upcast_trainable_parameters(model, accelerator)
     groups = param_groups(model, cfg.learning_rate, cfg.weight_decay, lr_overrides)
     optimizer, scheduler = build_optimizer(
         groups, cfg.learning_rate, cfg.lr_scheduler_type, int(cfg.warmup_ratio * total_steps), total_steps
