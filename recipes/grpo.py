@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(GRPOConfig, argv, prog="grpo", description=__doc__)
     run = Run(cfg, "grpo", hub=HUB)
     accelerator = run.accelerator
-    check_sft_baseline(cfg, accelerator, held_out=bool(cfg.eval_data_path), rl=True)
+    check_sft_baseline(cfg, accelerator, held_out=bool(cfg.eval_data_path))
 
     # The policy (full or LoRA; a vlmkit composite or a native transformers VLM) and, when the loss has a KL
     # term, the frozen reference it started from. With LoRA the connector stays as it was: the reference is
@@ -87,7 +87,11 @@ def main(argv: list[str] | None = None) -> dict:
     if run.is_main_process:
         write_examples_before_after(run.out / EXAMPLES_FILE, shown, answers_before, answers_after)
     if cfg.sft_baseline:  # the same start, prompts and updates, trained on the reference answers
-        metrics.update(compare_with_sft_baseline(trainer, eval_prompts, lambda: kind.build(cfg)[0]))
+        metrics.update(
+            compare_with_sft_baseline(  # from a policy built as the one above
+                trainer, eval_prompts, lambda: kind.build(cfg, tune_connector=not cfg.use_lora)[0]
+            )
+        )
     card = vlm_card(cfg, trainer.bare.policy, stage="stage 4 (GRPO)")
     return run.finish(metrics, card=card, skips=skips, plot_keys=("reward_mean", "kl", "loss"))
 

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(PPOConfig, argv, prog="ppo", description=__doc__)
     run = Run(cfg, "ppo", hub=HUB)
     accelerator = run.accelerator
-    check_sft_baseline(cfg, accelerator, held_out=bool(cfg.eval_data_path), rl=True)
+    check_sft_baseline(cfg, accelerator, held_out=bool(cfg.eval_data_path))
 
     # Policy (full or LoRA; a vlmkit composite or a native transformers VLM), the frozen reference it started
     # from, and the value model. With LoRA the connector stays as it was (the reference is adapters off).
@@ -94,7 +94,11 @@ def main(argv: list[str] | None = None) -> dict:
     if run.is_main_process:
         write_examples_before_after(run.out / EXAMPLES_FILE, shown, answers_before, answers_after)
     if cfg.sft_baseline:  # the same start, prompts and updates, trained on the reference answers
-        metrics.update(compare_with_sft_baseline(trainer, eval_prompts, lambda: kind.build(cfg)[0]))
+        metrics.update(
+            compare_with_sft_baseline(  # from a policy built as the one above
+                trainer, eval_prompts, lambda: kind.build(cfg, tune_connector=not cfg.use_lora)[0]
+            )
+        )
     card = vlm_card(cfg, trainer.bare.policy, stage="stage 4 (PPO)")
     plots = ("score_mean", "gold_accuracy", "kl", "loss")
     return run.finish(metrics, card=card, skips=skips, plot_keys=plots)

@@ -71,8 +71,12 @@ def test_native_ppo_with_a_native_reward_model_and_its_critic(recipe, small_prom
         "--eval_data_path", small_prompts["eval"], "--image_folder", small_prompts["images"],
         "--output_dir", str(out), "--max_steps", "2", "--per_device_train_batch_size", "8",
         "--max_new_tokens", "3", "--learning_rate", "1e-3", "--use_lora", "true", "--report_to", "none",
+        "--sft_baseline", "true",
     ])  # fmt: skip
     assert metrics["global_step"] == 2 and metrics["bad_steps"] == 0
+    # the compute-matched SFT baseline (LoRA from the same start, the run's prompts and updates)
+    assert metrics["baseline_samples"] == metrics["train_samples"] and metrics["baseline_updates"] > 0
+    assert "baseline_eval_accuracy" in metrics and "baseline_beaten" in metrics
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert all(
         r["score_std"] > 0 and "value_loss" in r for r in log

@@ -5,6 +5,8 @@ reference is the policy with its adapters off."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -113,14 +115,46 @@ def test_every_native_family_samples_what_the_trainer_scores(family, tmp_path):
     assert torch.allclose(first, recomputed[[0]], atol=1e-5)
 
 
-def test_the_rl_sft_baseline_is_refused_for_native_models_before_training(tmp_path):
-    from vlmkit.rlhf.sft_baseline import check_sft_baseline
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_native_answer_tokens_are_what_native_sft_supervises(family):
+    """The SFT baseline's target for a native VLM: the answer's tokens and the family's end-of-turn token, the
+    last run of labels the native stage-2 encoder gives the same conversation."""
+    from vlmkit.models.native.encoding import NativeEncoder
+    from vlmkit.models.native.loading import load_native_vlm
+    from vlmkit.models.native.templates import END_OF_TURN
+    from vlmkit.models.native.tiny import build_tiny_native
+    from vlmkit.rlhf.sft_baseline import native_answer_tokens
 
-    cfg = GRPOConfig(model_name_or_path="vlmkit-tiny/native-qwen2_vl", reward_funcs=["digit_match"],
-                     output_dir=str(tmp_path), sft_baseline=True, report_to=["none"])  # fmt: skip
-    accelerator = make_accelerator(output_dir=cfg.output_dir, mixed_precision="no")
-    with pytest.raises(ValueError, match="native transformers VLMs.*--sft_baseline false"):
-        check_sft_baseline(cfg, accelerator, held_out=True, rl=True)
+    _, processor = load_native_vlm(build_tiny_native(family))
+    encoder = NativeEncoder(processor, family)
+    tok = processor.tokenizer
+    sample = Sample([Turn("user", "<image>\nWhich digit is it?"), Turn("assistant", "7")],
+                    images=_prompts(1, text_only=False)[0].images)  # fmt: skip
+    stop = tok.convert_tokens_to_ids(END_OF_TURN.get(family, tok.eos_token))
+    answer = native_answer_tokens(sample, encoder, [stop])
+    assert answer[-1] == stop and tok.decode(answer[:-1]).strip() == "7"  # the answer as written in context
+    with pytest.raises(ValueError, match="reference answers"):
+        native_answer_tokens(Sample([Turn("user", "Say a digit.")]), encoder, [stop])
+
+
+@pytest.mark.slow
+def test_native_grpo_gets_its_compute_matched_sft_baseline(tmp_path):
+    """The RL stages' SFT baseline on a native VLM: same prompts and updates as the GRPO run, trained on the
+    reference answers (its NLL falls), evaluated like the run and compared prompt by prompt."""
+    from vlmkit.rlhf.rl_kinds import rl_kind_of_model
+    from vlmkit.rlhf.sft_baseline import check_sft_baseline, compare_with_sft_baseline
+
+    trainer = make_trainer("qwen2_vl", tmp_path, _prompts(8), max_steps=3, beta=0.0, learning_rate=1e-2,
+                           sft_baseline=True)  # fmt: skip
+    check_sft_baseline(trainer.cfg, trainer.accelerator, held_out=True)  # native models are not refused
+    trainer.train()
+    kind = rl_kind_of_model(trainer.bare.policy)
+    metrics = compare_with_sft_baseline(trainer, _prompts(8), lambda: kind.build(trainer.cfg)[0])
+    assert metrics["baseline_samples"] == 3 * trainer.cfg.rollout_batch_size  # the answers GRPO sampled
+    assert metrics["baseline_updates"] > 0
+    assert 0.0 <= metrics["baseline_eval_accuracy"] <= 1.0 and "baseline_beaten" in metrics
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "sft_baseline" / "train_log.jsonl").open()]
+    assert len(losses) == 3 and losses[-1] < losses[0]
 
 
 @pytest.mark.slow

@@ -9,8 +9,8 @@ The matching rule (what "compute-matched" counts). From the RL run's starting po
   gradient_accumulation_steps (`RLTrainer.optimizer_steps`), for max_steps steps, with the same optimizer,
   learning rate, schedule, clipping and trainable policy parameters;
 - replaces each sampled response by the prompt's reference answer (teacher-forced: the tokens stage-2 SFT
-  supervises, up to and including the end-of-turn EOS) and the RL loss by that answer's negative
-  log-likelihood (temperature 1, token mean over each update).
+  supervises, up to and including the end-of-turn EOS; for a native VLM, its own encoder's labels) and the RL
+  loss by that answer's negative log-likelihood (temperature 1, token mean over each update).
 So the baseline and the RL run see the same prompts as often, through the same number of updates of the same
 size. Not matched, by design: the RL run's generation and its reference/critic/reward forwards (SFT needs none),
 and the value model (only the policy trains). The baseline knows the right answer, which RL must find through
@@ -40,16 +40,15 @@ import torch
 
 from vlmkit.data.preference import count_pairs
 from vlmkit.data.records import BadSampleError, Sample
-from vlmkit.data.tokenize import assistant_spans
+from vlmkit.data.tokenize import IGNORE_INDEX, assistant_spans
 from vlmkit.eval.answers import exact_match
 from vlmkit.models.encoders import encode
 from vlmkit.rlhf.dpo import ChosenNLL, build_dpo_policy
+from vlmkit.rlhf.rl_kinds import NATIVE_RL, rl_kind_of_model
 from vlmkit.rlhf.rl_trainer import RLTrainer
-from vlmkit.rlhf.rollout import Rollout, make_prompt_batch, response_logprobs
+from vlmkit.rlhf.rollout import Rollout, response_logprobs
 from vlmkit.rlhf.value_model import ActorCritic, is_zero3
-from vlmkit.training.freeze import set_trainable
 from vlmkit.training.loop import TrainResult, train
-from vlmkit.training.vlm_kinds import NATIVE, vlm_kind
 
 logger = logging.getLogger(__name__)
 
@@ -65,21 +64,50 @@ def passes_per_step(cfg) -> int:
     raise ValueError(f"{type(cfg).__name__} has neither num_ppo_epochs nor num_iterations")
 
 
-def answer_tokens(sample: Sample, tokenizer) -> list[int]:
-    """The token ids stage-2 SFT supervises for the sample's final assistant turn (its reference answer),
-    cut after the first EOS, as a sampled response would be."""
+def _require_answer(sample: Sample) -> None:
     if not sample.turns or sample.turns[-1].role != "assistant":
         raise BadSampleError(
             sample.source, sample.index, "answer",
             "the SFT baseline trains on the prompts' reference answers; this prompt has none",
         )  # fmt: skip
+
+
+def _stop_set(stop_ids: int | list[int]) -> set[int]:
+    return {stop_ids} if isinstance(stop_ids, int) else set(stop_ids)
+
+
+def _cut_after_stop(ids: list[int], stop_ids: int | list[int]) -> list[int]:
+    """`ids` up to and including the first stop token, as a sampled response would end."""
+    stops = _stop_set(stop_ids)
+    for i, token in enumerate(ids):
+        if token in stops:
+            return ids[: i + 1]
+    return ids
+
+
+def answer_tokens(sample: Sample, tokenizer) -> list[int]:
+    """The token ids stage-2 SFT supervises for the sample's final assistant turn (its reference answer),
+    cut after the first EOS, as a sampled response would be."""
+    _require_answer(sample)
     messages = [{"role": t.role, "content": t.text} for t in sample.turns]
     text, spans = assistant_spans(tokenizer, messages, sample.source, sample.index)
     start, end = spans[-1]
     ids = tokenizer(text[start:end], add_special_tokens=False)["input_ids"]
-    if tokenizer.eos_token_id in ids:
-        ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
-    return ids
+    return _cut_after_stop(ids, tokenizer.eos_token_id)
+
+
+def native_answer_tokens(sample: Sample, encoder, stop_ids: list[int]) -> list[int]:
+    """For a native VLM: the token ids its stage-2 SFT supervises for the final assistant turn (the last run
+    of `NativeEncoder.encode`'s labels: the answer and its end-of-turn token), cut after the first stop token."""
+    _require_answer(sample)
+    labels = encoder.encode(sample)["labels"][0].tolist()
+    end = len(labels)
+    while end and labels[end - 1] == IGNORE_INDEX:
+        end -= 1
+    start = end
+    while start and labels[start - 1] != IGNORE_INDEX:
+        start -= 1
+    return _cut_after_stop(labels[start:end], stop_ids)
 
 
 @dataclass
@@ -101,7 +129,8 @@ class SFTBaselineTrainer(RLTrainer):
         self._targets: dict[int, list[int]] = {}
         self.updates = 0  # optimizer updates taken (this process)
         self.rows_trained = 0  # answer rows read by the first pass of each step (this process)
-        set_trainable(policy, "instruct", tune_connector=not policy.is_peft)
+        kind = rl_kind_of_model(policy)  # the parameters the RL recipes train
+        kind.set_trainable(policy, cfg, "instruct", tune_connector=not kind.is_peft(policy))
         super().__init__(
             cfg, accelerator, ActorCritic(policy), processor, reward, matched.prompts, reference=reference
         )
@@ -114,13 +143,17 @@ class SFTBaselineTrainer(RLTrainer):
 
     def _answer(self, sample: Sample) -> list[int]:
         if id(sample) not in self._targets:
-            self._targets[id(sample)] = answer_tokens(sample, self.tokenizer)
+            if self.kind is NATIVE_RL:
+                answer = native_answer_tokens(sample, self.processor, self.stop_token_ids)
+            else:
+                answer = answer_tokens(sample, self.tokenizer)
+            self._targets[id(sample)] = answer
         return self._targets[id(sample)]
 
     @torch.no_grad()
     def make_experience(self, samples: list[Sample]) -> AnswerBatch:
         """The prompts (left-padded) with their answers (right-padded) in place of sampled responses."""
-        batch = make_prompt_batch(samples, self.processor, self.device)
+        batch = self.kind.prompt_batch(samples, self.processor, self.device, self.bare.policy)
         answers = [self._answer(s) for s in samples]
         width = max(len(a) for a in answers)
         ids = torch.full((len(samples), width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -129,8 +162,11 @@ class SFTBaselineTrainer(RLTrainer):
             ids[row, : len(answer)] = torch.tensor(answer)
             mask[row, : len(answer)] = True
         batch.response_ids, batch.response_mask = ids.to(self.device), mask.to(self.device)
-        batch.has_eos = torch.tensor([self.tokenizer.eos_token_id in a for a in answers], device=self.device)
+        stops = _stop_set(self.stop_token_ids)
+        batch.has_eos = torch.tensor([bool(stops & set(a)) for a in answers], device=self.device)
         batch.texts = [r or "" for r in batch.references]
+        if self.kind is NATIVE_RL:  # a native VLM runs its own tower in each forward
+            return AnswerBatch(batch)
         encoder = self.bare.policy.encoder
         if batch.media is not None and not any(p.requires_grad for p in encoder.parameters()):
             cfg = self.bare.policy.config
@@ -160,17 +196,11 @@ class SFTBaselineTrainer(RLTrainer):
         return self.reduce_mean({"response_length": batch.rollout.response_mask.sum(1).float().mean().item()})
 
 
-def check_sft_baseline(cfg, accelerator, *, held_out: bool, rl: bool = False) -> None:
+def check_sft_baseline(cfg, accelerator, *, held_out: bool) -> None:
     """Refuse, before any training, a baseline the run cannot give: it needs held-out data (`held_out`) and
-    a second optimizer in the same process, which DeepSpeed does not allow; the RL stages' baseline (`rl`)
-    trains vlmkit composite models only."""
+    a second optimizer in the same process, which DeepSpeed does not allow."""
     if not cfg.sft_baseline:
         return
-    if rl and vlm_kind(cfg) is NATIVE:
-        raise ValueError(
-            f"--sft_baseline: the RL stages' compute-matched SFT baseline is not available for native "
-            f"transformers VLMs yet ({cfg.model_name_or_path}); set --sft_baseline false"
-        )
     if not held_out:
         raise ValueError(
             "--sft_baseline true compares on held-out data: give --eval_data_path (DPO: or --eval_prompts_path)"
