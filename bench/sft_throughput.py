@@ -300,6 +300,22 @@ def worker(args) -> dict:
     return row
 
 
+def _add_speedups(result: dict, summary: dict, ours: dict, trl: dict, prefix: str) -> None:
+    """vlmkit over TRL per second and per CPU-second (samples, supervised tokens) into `result` as
+    `<prefix>speedup_vs_trl_*`; the supervised-token ratios into `summary` as `sft_speedup_vs_trl[_native]`."""
+    for unit in ("s", "cpu_s"):
+        for what in ("samples", "supervised_tokens"):
+            key = f"{what}_per_{unit}"
+            result[f"{prefix}speedup_vs_trl_{key}"] = ours[key] / trl[key]
+    suffix = f"_{prefix.rstrip('_')}" if prefix else ""
+    summary[f"sft_speedup_vs_trl{suffix}"] = round(
+        result[f"{prefix}speedup_vs_trl_supervised_tokens_per_cpu_s"], 3
+    )
+    summary[f"sft_speedup_vs_trl{suffix}_wall_clock"] = round(
+        result[f"{prefix}speedup_vs_trl_supervised_tokens_per_s"], 3
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -361,25 +377,11 @@ def main(argv: list[str] | None = None) -> dict:
               "runs": rows}  # fmt: skip
     summary = {}
     if "vlmkit_packed" in by and "trl_sft_padded" in by:
-        ours, trl = by["vlmkit_packed"], by["trl_sft_padded"]
-        for unit in ("s", "cpu_s"):
-            for what in ("samples", "supervised_tokens"):
-                key = f"{what}_per_{unit}"
-                result[f"speedup_vs_trl_{key}"] = ours[key] / trl[key]
-        summary["sft_speedup_vs_trl"] = round(result["speedup_vs_trl_supervised_tokens_per_cpu_s"], 3)
-        summary["sft_speedup_vs_trl_wall_clock"] = round(result["speedup_vs_trl_supervised_tokens_per_s"], 3)
+        _add_speedups(result, summary, by["vlmkit_packed"], by["trl_sft_padded"], "")
     if "vlmkit_native_packed" in by and "trl_sft_native" in by:
         ours, trl = by["vlmkit_native_packed"], by["trl_sft_native"]
-        for unit in ("s", "cpu_s"):
-            for what in ("samples", "supervised_tokens"):
-                key = f"{what}_per_{unit}"
-                result[f"native_speedup_vs_trl_{key}"] = ours[key] / trl[key]
+        _add_speedups(result, summary, ours, trl, "native_")
         result["native_peak_rss_mb"] = {"vlmkit": ours["peak_rss_mb"], "trl": trl["peak_rss_mb"]}
-        native = result["native_speedup_vs_trl_supervised_tokens_per_cpu_s"]
-        summary["sft_speedup_vs_trl_native"] = round(native, 3)
-        summary["sft_speedup_vs_trl_native_wall_clock"] = round(
-            result["native_speedup_vs_trl_supervised_tokens_per_s"], 3
-        )
     if "vlmkit_packed" in by:
         summary["padding_waste"] = round(by["vlmkit_packed"]["padding_waste"], 4)
     if "trl_sft_padded" in by:
